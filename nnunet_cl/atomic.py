@@ -1,0 +1,40 @@
+"""Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
+
+A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def _atomic_target(path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    with _atomic_target(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_json(obj, path: str) -> None:
+    with _atomic_target(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)

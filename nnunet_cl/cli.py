@@ -1,0 +1,77 @@
+"""``nnunet_cl`` console script: ``pretrain``, ``env`` (more subcommands are added by later modules)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parse_option(text: str) -> tuple:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"method option {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def add_pretrain_parser(subparsers) -> None:
+    p = subparsers.add_parser("pretrain", help="contrastive pre-training of the 2D nnU-Net of a dataset's plans")
+    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name (as for nnUNetv2_train)")
+    p.add_argument("-m", dest="method", required=True, help="pre-training method (e.g. pcl, simclr)")
+    p.add_argument("-c", dest="configuration", default="2d", help="nnU-Net configuration (only 2d)")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--iters-per-epoch", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the method's)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--save-every", type=int, default=1, help="write checkpoint_latest.pth every N epochs")
+    p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda"), default="cuda"
+                   if _cuda_available() else "cpu")
+    p.add_argument("--c", dest="continue_training", action="store_true", help="resume from checkpoint_latest.pth")
+    p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
+                   metavar="KEY=VALUE", help="method option, e.g. -o temperature=0.2 (repeatable)")
+    p.set_defaults(func=run_pretrain)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def run_pretrain(args) -> None:
+    from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
+
+    config = PretrainConfig(dataset=args.dataset, method=args.method, configuration=args.configuration,
+                            plans=args.plans, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                            save_every=args.save_every, continue_training=args.continue_training,
+                            options=dict(args.options))
+    final = Pretrainer(config).run()
+    print(f"pre-trained checkpoint: {final}")
+
+
+def run_env(args) -> None:
+    from nnunet_cl.ext_trainer import export_lines
+    print(export_lines())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet_cl", description="Contrastive pre-training for nnU-Net v2")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_pretrain_parser(subparsers)
+    env = subparsers.add_parser("env", help='print the export line for nnUNet_extTrainer: eval "$(nnunet_cl env)"')
+    env.set_defaults(func=run_env)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    from nnunet_cl.ext_trainer import enable_in_this_process
+    enable_in_this_process()  # our own subprocesses (nnUNetv2_train ...) must find our trainers
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,132 @@
+"""Everything nnunet-cl needs from an nnU-Net dataset: env vars, dataset name, plans, the network.
+
+The network is built with nnU-Net's own ``nnUNetTrainer.build_network_architecture`` from the plans,
+so pre-trained weights transfer to the fine-tuning trainer key by key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from nnunet_cl.errors import NnunetClError
+
+NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def require_nnunet_env(names=NNUNET_ENV_VARS) -> dict:
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise NnunetClError(
+            f"environment variable(s) {', '.join(missing)} not set; export them as for nnU-Net "
+            "(see nnU-Net's documentation/setting_up_paths.md)")
+    return {n: os.environ[n] for n in names}
+
+
+def resolve_dataset_name(dataset: str) -> str:
+    """``4``, ``004`` or ``Dataset004_Hippocampus`` -> ``Dataset004_Hippocampus`` (via nnU-Net)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
+    except (RuntimeError, ValueError, AssertionError):
+        raise NnunetClError(
+            f"unknown dataset {dataset!r}: no DatasetXXX_* folder for it in nnUNet_raw, nnUNet_preprocessed or "
+            "nnUNet_results; convert it first (nnUNetv2_convert_MSD_dataset / nnUNetv2_plan_and_preprocess)")
+
+
+def architecture_fingerprint(network) -> str:
+    """Hash of the network class and every (key, shape) except the class-count-dependent seg layers."""
+    items = sorted((k, tuple(v.shape)) for k, v in network.state_dict().items() if ".seg_layers." not in k)
+    text = type(network).__name__ + json.dumps(items)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class DatasetContext:
+    dataset_name: str
+    preprocessed_folder: str
+    plans_identifier: str
+    configuration: str
+    plans: dict
+    dataset_json: dict
+    plans_manager: object
+    configuration_manager: object
+
+    @property
+    def data_folder(self) -> str:
+        return os.path.join(self.preprocessed_folder, self.configuration_manager.data_identifier)
+
+    @property
+    def patch_size(self) -> tuple:
+        return tuple(int(p) for p in self.configuration_manager.patch_size)
+
+    @property
+    def num_input_channels(self) -> int:
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        return determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+
+    @property
+    def num_output_channels(self) -> int:
+        return self.plans_manager.get_label_manager(self.dataset_json).num_segmentation_heads
+
+    def build_network(self, deep_supervision: bool = False):
+        """Exactly the network ``nnUNetTrainer.initialize`` builds for these plans."""
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        cm = self.configuration_manager
+        return nnUNetTrainer.build_network_architecture(
+            self.plans_manager, cm, self.num_input_channels, self.num_output_channels,
+            enable_deep_supervision=deep_supervision)
+
+    def pretraining_output_folder(self, method_folder_name: str) -> str:
+        results = require_nnunet_env(("nnUNet_results",))["nnUNet_results"]
+        return os.path.join(results, self.dataset_name, "nnunet_cl",
+                            f"{method_folder_name}__{self.plans_identifier}__{self.configuration}")
+
+
+def load_dataset_context(dataset: str, plans_identifier: str = "nnUNetPlans",
+                         configuration: str = "2d") -> DatasetContext:
+    require_nnunet_env()
+    if configuration != "2d":
+        raise NnunetClError(
+            f"configuration {configuration!r} is not supported: nnunet-cl pre-trains the 2D U-Net; use -c 2d")
+    dataset_name = resolve_dataset_name(dataset)
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
+    plans_file = os.path.join(preprocessed, plans_identifier + ".json")
+    if not os.path.isfile(plans_file):
+        raise NnunetClError(
+            f"{dataset_name} has no plans {plans_identifier!r} in nnUNet_preprocessed ({plans_file} missing); "
+            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c 2d")
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    with open(plans_file) as f:
+        plans = json.load(f)
+    with open(os.path.join(preprocessed, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    plans_manager = PlansManager(plans)
+    if configuration not in plans_manager.available_configurations:
+        raise NnunetClError(f"plans {plans_identifier!r} of {dataset_name} have no '2d' configuration; "
+                            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c 2d")
+    cm = plans_manager.get_configuration(configuration)
+    context = DatasetContext(dataset_name, preprocessed, plans_identifier, configuration, plans, dataset_json,
+                             plans_manager, cm)
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: F401 (import check)
+    if not os.path.isdir(context.data_folder) or not _has_cases(context.data_folder):
+        raise NnunetClError(
+            f"{dataset_name} is not preprocessed for 2d ({context.data_folder} missing or empty); "
+            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c 2d")
+    return context
+
+
+def _has_cases(folder: str) -> bool:
+    return any(f.endswith((".b2nd", ".npz", ".npy")) for f in os.listdir(folder))
+
+
+def find_splits(context: DatasetContext) -> Optional[list]:
+    path = os.path.join(context.preprocessed_folder, "splits_final.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

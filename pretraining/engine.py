@@ -1,0 +1,224 @@
+"""The pre-training loop: one engine for every method.
+
+Output folder ``$nnUNet_results/<Dataset>/nnunet_cl/<method>__<plans>__2d/``:
+``checkpoint_latest.pth`` (every ``save_every`` epochs), ``checkpoint_final.pth``, ``pretrain_log.txt``,
+``progress.png`` (loss curves) and ``config.json`` (the resolved configuration).
+Optimiser: SGD (momentum 0.9, weight decay 1e-5) with a cosine schedule per iteration, as PCL,
+SuperCL and JCL's public code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.checkpoint import load_checkpoint, save_checkpoint
+from nnunet_cl.errors import NnunetClError
+from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
+from nnunet_cl.pretraining.methods import get_method
+from nnunet_cl.pretraining.slices import PreprocessedSlices
+
+
+@dataclass
+class PretrainConfig:
+    dataset: str
+    method: str
+    configuration: str = "2d"
+    plans: str = "nnUNetPlans"
+    epochs: int = 100
+    iters_per_epoch: int = 250
+    batch_size: int = 32
+    lr: Optional[float] = None          # None: the method's default
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    seed: int = 12345
+    device: str = "cpu"
+    save_every: int = 1
+    continue_training: bool = False
+    options: dict = field(default_factory=dict)
+
+
+def cosine_lr(base_lr: float, iteration: int, total_iterations: int) -> float:
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * iteration / max(1, total_iterations)))
+
+
+class Pretrainer:
+    def __init__(self, config: PretrainConfig):
+        if config.epochs < 1 or config.iters_per_epoch < 1 or config.batch_size < 2:
+            raise NnunetClError("--epochs and --iters-per-epoch must be >= 1 and --batch-size >= 2 "
+                                "(a contrastive batch needs negatives)")
+        self.config = config
+        method_cls = get_method(config.method)
+        self.context = load_dataset_context(config.dataset, config.plans, config.configuration)
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise NnunetClError("-device cuda was requested but no CUDA device is available; use -device cpu")
+        self.device = torch.device(config.device)
+        self.options = method_cls.resolve_options(config.options)
+        self.lr = config.lr if config.lr is not None else method_cls.default_lr
+        self.output_folder = self.context.pretraining_output_folder(method_cls.folder_name(self.options))
+
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.network = self.context.build_network(deep_supervision=False).to(self.device)
+        self.method = method_cls(self.network, self.context, self.options).to(self.device)
+        self.slices = self.method_slices()
+        parameters = list(self.network.parameters()) + list(self.method.parameters())
+        self.optimizer = torch.optim.SGD(parameters, lr=self.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.total_iterations = config.epochs * config.iters_per_epoch
+        self.epoch = 0
+        self.iteration = 0
+        self.history: dict = {"epoch": [], "lr": []}
+
+    def method_slices(self) -> PreprocessedSlices:
+        """All preprocessed cases (images only, no labels); label-aware methods override via the method."""
+        case_ids = getattr(self.method, "case_ids", lambda ctx: None)(self.context)
+        return PreprocessedSlices(self.context.data_folder, self.context.patch_size, case_ids)
+
+    # ---------------------------------------------------------------- logging / files
+    def log(self, message: str, also_print: bool = True) -> None:
+        line = f"{datetime.now():%Y-%m-%d %H:%M:%S}: {message}"
+        with open(os.path.join(self.output_folder, "pretrain_log.txt"), "a") as f:
+            f.write(line + "\n")
+        if also_print:
+            print(line, flush=True)
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "network_weights": self.network.state_dict(),
+            "method": self.config.method,
+            "dataset_name": self.context.dataset_name,
+            "plans_identifier": self.context.plans_identifier,
+            "configuration": self.context.configuration,
+            "architecture_fingerprint": architecture_fingerprint(self.network),
+            "pretrained_prefixes": list(self.method.pretrained_prefixes),
+            "heads": self.method.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "current_epoch": self.epoch,
+            "iteration": self.iteration,
+            "logging": self.history,
+            "config": self.resolved_config(),
+            "rng_state": {"numpy_generator": self.rng.bit_generator.state, "numpy_global": np.random.get_state(),
+                          "torch": torch.get_rng_state()},
+        }
+
+    def resolved_config(self) -> dict:
+        return dict(asdict(self.config), lr=self.lr, options=self.options, dataset_name=self.context.dataset_name,
+                    patch_size=list(self.context.patch_size), output_folder=self.output_folder,
+                    pretrained_prefixes=list(self.method.pretrained_prefixes))
+
+    def plot_progress(self) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from nnunet_cl.atomic import _atomic_target
+        epochs = self.history["epoch"]
+        terms = [k for k in self.history if k not in ("epoch", "lr")]
+        fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+        for term in terms:
+            ax_loss.plot(epochs, self.history[term], label=term, marker="o" if len(epochs) < 30 else None)
+        ax_loss.set_ylabel("loss"); ax_loss.legend(); ax_loss.grid(alpha=0.3)
+        ax_loss.set_title(f"{self.config.method} pre-training on {self.context.dataset_name}")
+        ax_lr.plot(epochs, self.history["lr"], color="k"); ax_lr.set_ylabel("learning rate"); ax_lr.set_xlabel("epoch")
+        fig.tight_layout()
+        with _atomic_target(os.path.join(self.output_folder, "progress.png")) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+        plt.close(fig)
+
+    # ---------------------------------------------------------------- resume
+    def maybe_resume(self) -> bool:
+        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
+        final = os.path.join(self.output_folder, "checkpoint_final.pth")
+        if not self.config.continue_training:
+            return False
+        path = latest if os.path.isfile(latest) else final if os.path.isfile(final) else None
+        if path is None:
+            self.log("--c given but no checkpoint found: starting from scratch")
+            return False
+        checkpoint = load_checkpoint(path)
+        if checkpoint["method"] != self.config.method:
+            raise NnunetClError(f"{path} belongs to method {checkpoint['method']!r}, not {self.config.method!r}")
+        if checkpoint["architecture_fingerprint"] != architecture_fingerprint(self.network):
+            raise NnunetClError(f"{path} was made for another architecture; start without --c")
+        self.network.load_state_dict(checkpoint["network_weights"])
+        self.method.load_state_dict(checkpoint["heads"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        self.epoch, self.iteration = checkpoint["current_epoch"], checkpoint["iteration"]
+        self.history = checkpoint["logging"]
+        rng_state = checkpoint.get("rng_state")
+        if rng_state:
+            self.rng.bit_generator.state = rng_state["numpy_generator"]
+            np.random.set_state(rng_state["numpy_global"])
+            torch.set_rng_state(rng_state["torch"])
+        self.log(f"resumed from {path} at epoch {self.epoch}, iteration {self.iteration}")
+        return True
+
+    # ---------------------------------------------------------------- training
+    def train_step(self, batch: dict) -> dict:
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(self.lr, self.iteration, self.total_iterations)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, terms = self.method.compute_loss(self.network, batch)
+        if not torch.isfinite(loss):
+            raise NnunetClError(
+                f"loss became {float(loss)} at epoch {self.epoch}, iteration {self.iteration}; stopped. The last good "
+                f"checkpoint is kept in {self.output_folder}; lower --lr and resume with --c")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.network.parameters()) + list(self.method.parameters()), 12)
+        self.optimizer.step()
+        self.iteration += 1
+        return dict(terms, total=float(loss.detach()))
+
+    def run(self) -> str:
+        from tqdm import tqdm
+
+        os.makedirs(self.output_folder, exist_ok=True)
+        resumed = self.maybe_resume()
+        if not resumed:
+            for stale in ("pretrain_log.txt",):
+                if os.path.isfile(os.path.join(self.output_folder, stale)):
+                    os.remove(os.path.join(self.output_folder, stale))
+        atomic_write_json(self.resolved_config(), os.path.join(self.output_folder, "config.json"))
+        self.log(f"pre-training {self.config.method} on {self.context.dataset_name} ({self.slices.num_slices} slices "
+                 f"of {len(self.slices.case_ids)} cases), patch {self.context.patch_size}, batch "
+                 f"{self.config.batch_size}, {self.config.epochs} epochs x {self.config.iters_per_epoch} iterations, "
+                 f"lr {self.lr}, device {self.device}, options {self.options}")
+        self.network.train(); self.method.train()
+        while self.epoch < self.config.epochs:
+            start = time.time()
+            sums: dict = {}
+            bar = tqdm(range(self.config.iters_per_epoch), desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                       leave=False, disable=None, mininterval=2)
+            for _ in bar:
+                terms = self.train_step(self.method.make_batch(self.slices, self.config.batch_size, self.rng))
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.set_postfix(loss=f"{terms['total']:.4f}")
+            means = {k: v / self.config.iters_per_epoch for k, v in sums.items()}
+            means.update(getattr(self.method, "epoch_statistics", dict)())
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history["epoch"].append(self.epoch + 1)
+            self.history["lr"].append(lr)
+            for key, value in means.items():
+                self.history.setdefault(key, []).append(value)
+            self.epoch += 1
+            self.log(f"epoch {self.epoch}/{self.config.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                     + f" lr {lr:.5f} time {time.time() - start:.1f}s")
+            self.plot_progress()
+            if self.epoch < self.config.epochs and self.epoch % self.config.save_every == 0:
+                save_checkpoint(self.checkpoint_dict(), os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        final = os.path.join(self.output_folder, "checkpoint_final.pth")
+        save_checkpoint(self.checkpoint_dict(), final)
+        self.log(f"done: {final}")
+        return final

@@ -1,0 +1,90 @@
+"""Base nnUNetTrainer of nnunet-cl: label fractions, CPU-friendly budget variables, atomic checkpoints.
+
+Budget environment variables (unset: nnU-Net's own recipe):
+``nnUNet_cl_num_epochs``, ``nnUNet_cl_num_iterations_per_epoch``, ``nnUNet_cl_batch_size`` and
+``nnUNet_cl_num_val_iterations_per_epoch``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.errors import NnunetClError
+from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
+
+BUDGET_VARIABLES = {
+    "nnUNet_cl_num_epochs": "num_epochs",
+    "nnUNet_cl_num_iterations_per_epoch": "num_iterations_per_epoch",
+    "nnUNet_cl_num_val_iterations_per_epoch": "num_val_iterations_per_epoch",
+}
+
+
+def _positive_int_env(name: str):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise NnunetClError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
+    return number
+
+
+def unwrap_network(network):
+    """The plain nn.Module behind DDP / torch.compile wrappers."""
+    if hasattr(network, "module"):
+        network = network.module
+    return getattr(network, "_orig_mod", network)
+
+
+class nnUNetTrainerCL(nnUNetTrainer):
+    """Common base of every nnunet-cl trainer (100 % labels, nnU-Net init)."""
+
+    label_fraction = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        check_label_fraction(self.label_fraction)
+        for variable, attribute in BUDGET_VARIABLES.items():
+            value = _positive_int_env(variable)
+            if value is not None:
+                setattr(self, attribute, value)
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        batch_size = _positive_int_env("nnUNet_cl_batch_size")
+        if batch_size is not None:
+            self.batch_size = batch_size
+
+    def all_training_cases(self) -> list:
+        """The fold's training cases before the label fraction is applied."""
+        return list(super().do_split()[0])
+
+    def do_split(self):
+        train, val = super().do_split()
+        if self.label_fraction >= 1.0:
+            labeled = sorted(train)
+        else:
+            labeled = labeled_subset(train, self.label_fraction, self.fold)
+        self.print_to_log_file(f"Label-limited ({self.label_fraction:.0%}): using {len(labeled)}/{len(train)} "
+                               f"training cases: {labeled}")
+        if self.local_rank == 0:
+            atomic_write_json({"label_fraction": self.label_fraction, "fold": self.fold,
+                               "num_training_cases_in_fold": len(train), "labeled_cases": labeled,
+                               "unlabeled_cases": sorted(set(train) - set(labeled))},
+                              os.path.join(self.output_folder, "labeled_cases.json"))
+        return labeled, val
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net writes in place; a crash mid-write would leave a truncated file. Write aside, then rename.
+        tmp = filename + ".tmp"
+        super().save_checkpoint(tmp)
+        if os.path.isfile(tmp):
+            os.replace(tmp, filename)
