@@ -216,7 +216,8 @@ class Pretrainer:
             self.log(f"epoch {self.epoch}/{self.config.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
                      + f" lr {lr:.5f} time {time.time() - start:.1f}s")
             self.plot_progress()
-            if self.epoch < self.config.epochs and self.epoch % self.config.save_every == 0:
+            if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
+                # latest is also written at the end, so --c with more --epochs continues from the newest state
                 save_checkpoint(self.checkpoint_dict(), os.path.join(self.output_folder, "checkpoint_latest.pth"))
         final = os.path.join(self.output_folder, "checkpoint_final.pth")
         save_checkpoint(self.checkpoint_dict(), final)

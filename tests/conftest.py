@@ -1,0 +1,86 @@
+"""Shared fixtures: an nnU-Net environment in a temp folder and a small generated dataset, planned and
+preprocessed once per session through the real ``nnUNetv2_plan_and_preprocess``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SYNTH_ID = 990
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HIPPOCAMPUS = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "Task04_Hippocampus"))
+
+# Tiny fine-tuning budget for every nnUNetv2_train in the tests.
+TINY_BUDGET = {
+    "nnUNet_cl_num_epochs": "1",
+    "nnUNet_cl_num_iterations_per_epoch": "2",
+    "nnUNet_cl_num_val_iterations_per_epoch": "1",
+    "nnUNet_cl_batch_size": "2",
+}
+
+
+def console_script(name: str) -> str:
+    """Console scripts of the interpreter running the tests (its venv's bin/)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else name
+
+
+class NnunetEnv:
+    def __init__(self, root: str):
+        self.root = root
+        self.raw = os.path.join(root, "raw")
+        self.preprocessed = os.path.join(root, "preprocessed")
+        self.results = os.path.join(root, "results")
+        for d in (self.raw, self.preprocessed, self.results):
+            os.makedirs(d, exist_ok=True)
+
+    def env(self, training: bool = True, **extra) -> dict:
+        env = dict(os.environ)
+        env.update(nnUNet_raw=self.raw, nnUNet_preprocessed=self.preprocessed, nnUNet_results=self.results,
+                   nnUNet_def_n_proc="1", nnUNet_compile="false", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"))
+        env.pop("nnUNet_extTrainer", None)
+        if training:
+            # nnUNet_n_proc_DA=0 breaks planning (torch.set_num_threads(0)): only for train / predict.
+            env["nnUNet_n_proc_DA"] = "0"
+            env.update(TINY_BUDGET)
+        else:
+            env.pop("nnUNet_n_proc_DA", None)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def run(self, args, training=True, check=True, timeout=1800, **extra) -> subprocess.CompletedProcess:
+        args = [console_script(args[0])] + [str(a) for a in args[1:]]
+        proc = subprocess.run(args, env=self.env(training, **extra), capture_output=True, text=True,
+                              timeout=timeout, cwd=self.root)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+                                 f"STDERR:\n{proc.stderr[-4000:]}")
+        return proc
+
+    def ext_trainer(self) -> dict:
+        from nnunet_cl.ext_trainer import ext_trainer_value
+        return {"nnUNet_extTrainer": ext_trainer_value("")}
+
+
+@pytest.fixture(scope="session")
+def synthetic_env(tmp_path_factory) -> NnunetEnv:
+    """Dataset990_Synth: 10 generated cases, planned and preprocessed for 2d."""
+    from nnunet_cl.synthetic import make_synthetic_dataset
+
+    env = NnunetEnv(str(tmp_path_factory.mktemp("nnunet_synth")))
+    make_synthetic_dataset(env.raw, dataset_id=SYNTH_ID, num_cases=10)
+    env.run(["nnUNetv2_plan_and_preprocess", "-d", SYNTH_ID, "-c", "2d", "-np", "1"], training=False)
+    return env
+
+
+@pytest.fixture(scope="session")
+def synthetic_context(synthetic_env):
+    """A DatasetContext of Dataset990_Synth (sets the nnU-Net variables in this process)."""
+    from nnunet_cl.nnunet_context import load_dataset_context
+
+    os.environ.update(nnUNet_raw=synthetic_env.raw, nnUNet_preprocessed=synthetic_env.preprocessed,
+                      nnUNet_results=synthetic_env.results)
+    return load_dataset_context(str(SYNTH_ID))

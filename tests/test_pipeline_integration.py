@@ -1,0 +1,105 @@
+"""The foundation's user path through the real console scripts, as subprocesses, on CPU:
+plan_and_preprocess (fixture) -> nnunet_cl pretrain -> nnUNetv2_train -tr <Init> -> nnUNetv2_predict."""
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+def pretrained_dir(env, method="pcl"):
+    return os.path.join(env.results, "Dataset990_Synth", "nnunet_cl", f"{method}__nnUNetPlans__2d")
+
+
+def fold_dir(env, trainer, fold=0):
+    return os.path.join(env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", f"fold_{fold}")
+
+
+def encoder_cosine(state_a, state_b):
+    keys = [k for k in state_a if k.startswith("encoder.") and k.endswith("conv.weight")]
+    a = torch.cat([state_a[k].flatten() for k in keys])
+    b = torch.cat([state_b[k].flatten() for k in keys])
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+@pytest.fixture(scope="module")
+def pcl_checkpoint(synthetic_env):
+    synthetic_env.run(["nnunet_cl", "pretrain", "-d", "990", "-m", "pcl", "--epochs", "2", "--iters-per-epoch", "2",
+                       "--batch-size", "4", "-device", "cpu"])
+    return os.path.join(pretrained_dir(synthetic_env), "checkpoint_final.pth")
+
+
+def test_pretrain_writes_checkpoints_log_curves_config(synthetic_env, pcl_checkpoint):
+    folder = pretrained_dir(synthetic_env)
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "progress.png", "config.json", "pretrain_log.txt"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    assert not glob.glob(os.path.join(folder, "*.tmp"))
+    checkpoint = torch.load(pcl_checkpoint, map_location="cpu", weights_only=False)
+    assert checkpoint["method"] == "pcl" and checkpoint["pretrained_prefixes"] == ["encoder."]
+    assert checkpoint["current_epoch"] == 2 and checkpoint["iteration"] == 4
+    assert any(k.startswith("decoder.seg_layers") for k in checkpoint["network_weights"])  # complete U-Net
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert config["method"] == "pcl" and config["batch_size"] == 4 and config["options"]["position_threshold"] == 0.1
+    log = open(os.path.join(folder, "pretrain_log.txt")).read()
+    assert "epoch 1/2" in log and "epoch 2/2" in log
+
+
+def test_finetune_from_pretrained_encoder_then_predict(synthetic_env, pcl_checkpoint, tmp_path):
+    trainer = "nnUNetTrainerPCLInit_25pct"
+    synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
+                      **synthetic_env.ext_trainer())
+    folder = fold_dir(synthetic_env, trainer)
+    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    assert "nnunet_cl: loaded" in log and "['encoder.']" in log
+    subset = json.load(open(os.path.join(folder, "labeled_cases.json")))
+    assert subset["label_fraction"] == 0.25 and len(subset["labeled_cases"]) == 2  # round(0.25 * 8)
+    assert not set(subset["labeled_cases"]) & set(subset["unlabeled_cases"])
+
+    pretrained = torch.load(pcl_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    finetuned = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                           weights_only=False)["network_weights"]
+    # Two fine-tuning steps move the weights only slightly: the encoder must still be the pre-trained one.
+    assert encoder_cosine(finetuned, pretrained) > 0.95
+
+    output = tmp_path / "pred"
+    synthetic_env.run(["nnUNetv2_predict", "-i", os.path.join(synthetic_env.raw, "Dataset990_Synth", "imagesTs"),
+                       "-o", str(output), "-d", "990", "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
+                       "--disable_tta"], **synthetic_env.ext_trainer())
+    assert len(glob.glob(str(output / "*.nii.gz"))) == 2
+
+
+def test_scratch_baseline_does_not_start_from_the_pretrained_encoder(synthetic_env, pcl_checkpoint):
+    trainer = "nnUNetTrainerScratch_25pct"
+    synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
+                      **synthetic_env.ext_trainer())
+    folder = fold_dir(synthetic_env, trainer)
+    finetuned = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                           weights_only=False)["network_weights"]
+    pretrained = torch.load(pcl_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    assert abs(encoder_cosine(finetuned, pretrained)) < 0.5
+    # Same fold and fraction -> the same labelled subset as the Init trainer.
+    init_subset = json.load(open(os.path.join(fold_dir(synthetic_env, "nnUNetTrainerPCLInit_25pct"),
+                                              "labeled_cases.json")))
+    assert json.load(open(os.path.join(folder, "labeled_cases.json")))["labeled_cases"] == init_subset["labeled_cases"]
+
+
+def test_stock_pretrained_weights_flag_accepts_our_checkpoint(synthetic_env, pcl_checkpoint):
+    proc = synthetic_env.run(["nnUNetv2_train", "990", "2d", "1", "-tr", "nnUNetTrainerScratch_10pct", "-device",
+                              "cpu", "-pretrained_weights", pcl_checkpoint], **synthetic_env.ext_trainer())
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_continues_from_saved_epoch(synthetic_env):
+    common = ["nnunet_cl", "pretrain", "-d", "990", "-m", "simclr", "--iters-per-epoch", "2", "--batch-size", "4",
+              "-device", "cpu"]
+    synthetic_env.run(common + ["--epochs", "2"])
+    proc = synthetic_env.run(common + ["--epochs", "3", "--c"])
+    assert "resumed from" in proc.stdout and "at epoch 2, iteration 4" in proc.stdout
+    checkpoint = torch.load(os.path.join(pretrained_dir(synthetic_env, "simclr"), "checkpoint_final.pth"),
+                            map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 3 and checkpoint["logging"]["epoch"] == [1, 2, 3]
+    assert checkpoint["optimizer_state"]["state"]  # momentum buffers were saved and restored
