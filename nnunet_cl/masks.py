@@ -33,3 +33,14 @@ def positional_positive_mask(positions: torch.Tensor, n_views: int, threshold: f
     """
     tiled = tile_views(positions, n_views)
     return (tiled[:, None] - tiled[None, :]).abs() < threshold
+
+
+def volume_partition(positions: torch.Tensor, partitions: int) -> torch.Tensor:
+    """GCL (Chaitanya et al. 2020): index of the partition a slice at normalised position p in (0, 1)
+    falls into when its volume is cut into ``partitions`` equal parts, ``min(floor(p * S), S - 1)``."""
+    return (positions * partitions).floor().long().clamp(0, partitions - 1)
+
+
+def partition_positive_mask(positions: torch.Tensor, n_views: int, partitions: int = 4) -> torch.Tensor:
+    """GCL: slices in the same partition of their volumes (any volume, any view) are positives."""
+    return equal_label_mask(tile_views(volume_partition(positions, partitions), n_views))

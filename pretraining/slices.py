@@ -9,6 +9,7 @@ the same slice (labels, superpixels) can be cropped identically.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -54,6 +55,13 @@ class PreprocessedSlices:
             data, seg, _, _ = self.dataset.load_case(self.case_ids[index])
             self._cache[index] = (data, seg)
         return self._cache[index]
+
+    def with_patch_size(self, patch_size: Sequence[int]) -> "PreprocessedSlices":
+        """The same slices read at another patch size (e.g. JCL's stride-aligned crop); shares the
+        loaded-case cache, so nothing is read twice."""
+        other = copy.copy(self)
+        other.patch_size = tuple(int(p) for p in patch_size)
+        return other
 
     @property
     def num_slices(self) -> int:

@@ -41,13 +41,27 @@ def intensity_pipeline() -> ComposeTransforms:
     return ComposeTransforms(_intensity_transforms())
 
 
-def spatial_pipeline(patch_size) -> ComposeTransforms:
+def _geometric_transforms(patch_size):
     spatial = SpatialTransform(tuple(patch_size), patch_center_dist_from_border=0, random_crop=False,
                                p_elastic_deform=0, p_rotation=0.5, rotation=(-np.pi, np.pi), p_scaling=0.5,
                                scaling=(0.7, 1.4), p_synchronize_scaling_across_axes=1)
-    return ComposeTransforms([spatial, MirrorTransform(allowed_axes=(0, 1))] + _intensity_transforms())
+    return [spatial, MirrorTransform(allowed_axes=(0, 1))]
+
+
+def geometric_pipeline(patch_size) -> ComposeTransforms:
+    """The geometric part of T_var alone (rotation, scaling, mirroring): apply it once and then
+    ``intensity_pipeline`` per view to get views that differ in intensity but stay pixel-aligned (JCL)."""
+    return ComposeTransforms(_geometric_transforms(patch_size))
+
+
+def spatial_pipeline(patch_size) -> ComposeTransforms:
+    return ComposeTransforms(_geometric_transforms(patch_size) + _intensity_transforms())
 
 
 def apply_per_sample(pipeline: ComposeTransforms, images: np.ndarray) -> torch.Tensor:
-    """``[B, C, H, W]`` numpy -> augmented ``[B, C, H, W]`` float tensor (bgv2 works per sample)."""
-    return torch.stack([pipeline(image=torch.from_numpy(np.ascontiguousarray(img)))["image"] for img in images]).float()
+    """``[B, C, H, W]`` numpy -> augmented ``[B, C, H, W]`` float tensor (bgv2 works per sample).
+
+    Each sample is copied first: bgv2's intensity transforms work in place (and the spatial transform
+    passes its input through when it draws no rotation/scaling), so without the copy the caller's
+    array would change and a second view drawn from it would be augmented twice."""
+    return torch.stack([pipeline(image=torch.from_numpy(np.array(img, copy=True)))["image"] for img in images]).float()

@@ -1,0 +1,41 @@
+"""GCL's global loss (Chaitanya et al. 2020), as the baseline the PCL/JCL/SuperCL papers compare with.
+
+Each volume is cut into ``partitions`` (S, default 4) equal parts along z; a slice at normalised
+position p belongs to partition ``min(floor(p * S), S - 1)``. Slices in the same partition, from any
+volume and either view, are positives; everything else is a negative. Same views, head and kernel as
+SimCLR/PCL (:class:`InstanceContrastMethod`): only the positive mask differs.
+
+Differences from the original TensorFlow code (``domain_specific_cl``), on purpose:
+
+* the loss is the shared SupCon L_out with the full denominator, i.e. the ``gcl`` mode of PCL's
+  ``SupConLoss`` that Zeng et al.'s comparisons ran. The original G^D leaves all same-partition images
+  except the current positive out of each pair's denominator (a per-pair denominator);
+* slices are drawn uniformly (as for PCL) instead of "m volumes x one slice per partition"; with a
+  batch of 32 and S = 4 every partition is present with several slices;
+* no all-zero batch slots (the original stitching loop stops one block early and feeds 16 blank
+  images as anchors and negatives);
+* the head is the package's GAP -> Linear -> ReLU -> Linear on the bottleneck (the original flattens
+  a fixed 6x6 bottleneck), the augmentations the package's T_var.
+"""
+
+from __future__ import annotations
+
+from nnunet_cl.errors import NnunetClError
+from nnunet_cl.masks import partition_positive_mask
+from nnunet_cl.pretraining.methods import register
+from nnunet_cl.pretraining.methods.instance import InstanceContrastMethod
+
+
+@register
+class GCL(InstanceContrastMethod):
+    name = "gcl"
+    trainer_name = "GCL"
+    default_options = {**InstanceContrastMethod.default_options, "partitions": 4}
+
+    def __init__(self, network, context, options=None):
+        super().__init__(network, context, options)
+        if self.options["partitions"] < 1:
+            raise NnunetClError(f"GCL option partitions={self.options['partitions']} must be >= 1 (the paper uses 4)")
+
+    def positive_mask(self, batch):
+        return partition_positive_mask(batch["positions"], n_views=2, partitions=self.options["partitions"])
