@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nnunet_cl import distributed
 from nnunet_cl.heads import InstanceProjectionHead
 from nnunet_cl.losses import multi_positive_info_nce
 from nnunet_cl.masks import positional_positive_mask, same_sample_positive_mask
@@ -40,8 +41,10 @@ class InstanceContrastMethod(PretrainingMethod):
         return self.instance_head(network.encoder(views)[-1])
 
     def compute_loss(self, network, batch):
-        embeddings = self.instance_projections(network, batch["views"])
-        loss = multi_positive_info_nce(embeddings, self.positive_mask(batch).to(embeddings.device),
+        # Under torchrun the loss sees the global batch (all ranks' embeddings, gathered with gradients).
+        embeddings = distributed.gather_views(self.instance_projections(network, batch["views"]), n_views=2)
+        global_batch = dict(batch, positions=distributed.gather(batch["positions"]))
+        loss = multi_positive_info_nce(embeddings, self.positive_mask(global_batch).to(embeddings.device),
                                        temperature=self.options["temperature"])
         return loss, {"instance": float(loss.detach())}
 
