@@ -24,6 +24,8 @@ class PretrainingMethod(nn.Module):
     pretrained_prefixes = ("encoder.",)
     default_lr = 0.1
     default_options: dict = {"temperature": 0.1}
+    # True when compute_loss gathers embeddings across ranks (nnunet_cl.distributed) under torchrun.
+    supports_distributed = False
 
     def __init__(self, network, context, options: dict | None = None):
         super().__init__()
