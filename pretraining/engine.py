@@ -5,10 +5,15 @@ Output folder ``$nnUNet_results/<Dataset>/nnunet_cl/<method>__<plans>__2d/``:
 ``progress.png`` (loss curves) and ``config.json`` (the resolved configuration).
 Optimiser: SGD (momentum 0.9, weight decay 1e-5) with a cosine schedule per iteration, as PCL,
 SuperCL and JCL's public code.
+
+Optional hooks of multi-stage methods (e.g. semi_local): ``method.begin_iteration(iteration, epochs,
+iters_per_epoch)`` is called before each ``make_batch``, and ``method.lr_cycle(iteration, epochs,
+iters_per_epoch) -> (first iteration, length)`` restarts the cosine per stage.
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import time
@@ -20,10 +25,11 @@ import numpy as np
 import torch
 
 from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
-from nnunet_cl.pretraining.methods import get_method
+from nnunet_cl.pretraining.methods import METHODS, get_method
 from nnunet_cl.pretraining.slices import PreprocessedSlices
 
 
@@ -60,16 +66,29 @@ class Pretrainer:
         self.context = load_dataset_context(config.dataset, config.plans, config.configuration)
         if config.device == "cuda" and not torch.cuda.is_available():
             raise NnunetClError("-device cuda was requested but no CUDA device is available; use -device cpu")
-        self.device = torch.device(config.device)
+        distributed.init_from_environment(config.device)
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        if config.batch_size % self.world_size:
+            raise NnunetClError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                                f"number of processes ({self.world_size})")
+        self.local_batch_size = config.batch_size // self.world_size
+        if self.world_size > 1 and not method_cls.supports_distributed:
+            supported = sorted(n for n, m in METHODS.items() if m.supports_distributed)
+            raise NnunetClError(f"method {config.method!r} does not support multi-process pre-training yet; run it "
+                                f"without torchrun (distributed: {', '.join(supported)})")
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if config.device == "cuda"
+                                   and self.world_size > 1 else config.device)
         self.options = method_cls.resolve_options(config.options)
         self.lr = config.lr if config.lr is not None else method_cls.default_lr
         self.output_folder = self.context.pretraining_output_folder(method_cls.folder_name(self.options))
 
         torch.manual_seed(config.seed)
-        np.random.seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
         self.network = self.context.build_network(deep_supervision=False).to(self.device)
         self.method = method_cls(self.network, self.context, self.options).to(self.device)
+        distributed.broadcast_parameters(self.network)
+        distributed.broadcast_parameters(self.method)
+        # Sampling and augmentation differ per rank; the initial weights do not.
+        self.seed_rngs(config.seed + 1000 * self.rank)
         self.slices = self.method_slices()
         parameters = list(self.network.parameters()) + list(self.method.parameters())
         self.optimizer = torch.optim.SGD(parameters, lr=self.lr, momentum=config.momentum,
@@ -79,6 +98,11 @@ class Pretrainer:
         self.iteration = 0
         self.history: dict = {"epoch": [], "lr": []}
 
+    def seed_rngs(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        self.rng = np.random.default_rng(seed)
+
     def method_slices(self) -> PreprocessedSlices:
         """All preprocessed cases (images only, no labels); label-aware methods override via the method."""
         case_ids = getattr(self.method, "case_ids", lambda ctx: None)(self.context)
@@ -86,6 +110,8 @@ class Pretrainer:
 
     # ---------------------------------------------------------------- logging / files
     def log(self, message: str, also_print: bool = True) -> None:
+        if self.rank != 0:
+            return
         line = f"{datetime.now():%Y-%m-%d %H:%M:%S}: {message}"
         with open(os.path.join(self.output_folder, "pretrain_log.txt"), "a") as f:
             f.write(line + "\n")
@@ -107,6 +133,7 @@ class Pretrainer:
             "iteration": self.iteration,
             "logging": self.history,
             "config": self.resolved_config(),
+            "world_size": self.world_size,
             "rng_state": {"numpy_generator": self.rng.bit_generator.state, "numpy_global": np.random.get_state(),
                           "torch": torch.get_rng_state()},
         }
@@ -123,7 +150,7 @@ class Pretrainer:
 
         from nnunet_cl.atomic import _atomic_target
         epochs = self.history["epoch"]
-        terms = [k for k in self.history if k not in ("epoch", "lr")]
+        terms = [k for k in self.history if k not in ("epoch", "lr", "iteration_loss")]
         fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
         for term in terms:
             ax_loss.plot(epochs, self.history[term], label=term, marker="o" if len(epochs) < 30 else None)
@@ -136,16 +163,27 @@ class Pretrainer:
         plt.close(fig)
 
     # ---------------------------------------------------------------- resume
+    RESUME_ORDER = ("checkpoint_latest.pth", "checkpoint_previous.pth", "checkpoint_final.pth")
+
+    def load_newest_good_checkpoint(self):
+        """latest, else previous (the latest before it), else final; a corrupt file is skipped with a warning."""
+        for name in self.RESUME_ORDER:
+            path = os.path.join(self.output_folder, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                return path, load_checkpoint(path)
+            except NnunetClError as error:
+                self.log(f"WARNING: {error}; falling back to the previous good checkpoint")
+        return None, None
+
     def maybe_resume(self) -> bool:
-        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
-        final = os.path.join(self.output_folder, "checkpoint_final.pth")
         if not self.config.continue_training:
             return False
-        path = latest if os.path.isfile(latest) else final if os.path.isfile(final) else None
+        path, checkpoint = self.load_newest_good_checkpoint()
         if path is None:
             self.log("--c given but no checkpoint found: starting from scratch")
             return False
-        checkpoint = load_checkpoint(path)
         if checkpoint["method"] != self.config.method:
             raise NnunetClError(f"{path} belongs to method {checkpoint['method']!r}, not {self.config.method!r}")
         if checkpoint["architecture_fingerprint"] != architecture_fingerprint(self.network):
@@ -156,7 +194,10 @@ class Pretrainer:
         self.epoch, self.iteration = checkpoint["current_epoch"], checkpoint["iteration"]
         self.history = checkpoint["logging"]
         rng_state = checkpoint.get("rng_state")
-        if rng_state:
+        if self.world_size > 1 or checkpoint.get("world_size", 1) > 1:
+            # RNG states are rank 0's; give every rank a fresh, distinct stream instead.
+            self.seed_rngs(self.config.seed + 1000 * self.rank + self.iteration)
+        elif rng_state:
             self.rng.bit_generator.state = rng_state["numpy_generator"]
             np.random.set_state(rng_state["numpy_global"])
             torch.set_rng_state(rng_state["torch"])
@@ -164,10 +205,17 @@ class Pretrainer:
         return True
 
     # ---------------------------------------------------------------- training
+    def learning_rate(self, iteration: int) -> float:
+        lr_cycle = getattr(self.method, "lr_cycle", None)
+        if lr_cycle is None:
+            return cosine_lr(self.lr, iteration, self.total_iterations)
+        start, length = lr_cycle(iteration, self.config.epochs, self.config.iters_per_epoch)
+        return cosine_lr(self.lr, iteration - start, length)
+
     def train_step(self, batch: dict) -> dict:
         batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(self.lr, self.iteration, self.total_iterations)
+            group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         loss, terms = self.method.compute_loss(self.network, batch)
         if not torch.isfinite(loss):
@@ -175,21 +223,42 @@ class Pretrainer:
                 f"loss became {float(loss)} at epoch {self.epoch}, iteration {self.iteration}; stopped. The last good "
                 f"checkpoint is kept in {self.output_folder}; lower --lr and resume with --c")
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.network.parameters()) + list(self.method.parameters()), 12)
+        parameters = list(self.network.parameters()) + list(self.method.parameters())
+        distributed.average_gradients(parameters)
+        torch.nn.utils.clip_grad_norm_(parameters, 12)
         self.optimizer.step()
         self.iteration += 1
         return dict(terms, total=float(loss.detach()))
+
+    def save(self, name: str) -> None:
+        if self.rank != 0:
+            return
+        path = os.path.join(self.output_folder, name)
+        if name == "checkpoint_latest.pth" and os.path.isfile(path):
+            # Keep the last good one: --c falls back to it if the new latest turns out corrupt.
+            os.replace(path, os.path.join(self.output_folder, "checkpoint_previous.pth"))
+        save_checkpoint(self.checkpoint_dict(), path)
+
+    def remove_stale_temp_files(self) -> None:
+        # A SIGKILL during an atomic write leaves its temp file behind (never a truncated checkpoint).
+        for stale in glob.glob(os.path.join(self.output_folder, ".*.tmp")):
+            os.remove(stale)
 
     def run(self) -> str:
         from tqdm import tqdm
 
         os.makedirs(self.output_folder, exist_ok=True)
+        if self.rank == 0:
+            self.remove_stale_temp_files()
         resumed = self.maybe_resume()
-        if not resumed:
-            for stale in ("pretrain_log.txt",):
+        if not resumed and self.rank == 0:
+            # A fresh run (no --c) replaces an earlier one, as nnUNetv2_train does.
+            for stale in ("pretrain_log.txt", "checkpoint_latest.pth", "checkpoint_previous.pth",
+                          "checkpoint_final.pth"):
                 if os.path.isfile(os.path.join(self.output_folder, stale)):
                     os.remove(os.path.join(self.output_folder, stale))
-        atomic_write_json(self.resolved_config(), os.path.join(self.output_folder, "config.json"))
+        if self.rank == 0:
+            atomic_write_json(self.resolved_config(), os.path.join(self.output_folder, "config.json"))
         self.log(f"pre-training {self.config.method} on {self.context.dataset_name} ({self.slices.num_slices} slices "
                  f"of {len(self.slices.case_ids)} cases), patch {self.context.patch_size}, batch "
                  f"{self.config.batch_size}, {self.config.epochs} epochs x {self.config.iters_per_epoch} iterations, "
@@ -201,7 +270,10 @@ class Pretrainer:
             bar = tqdm(range(self.config.iters_per_epoch), desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                        leave=False, disable=None, mininterval=2)
             for _ in bar:
-                terms = self.train_step(self.method.make_batch(self.slices, self.config.batch_size, self.rng))
+                if hasattr(self.method, "begin_iteration"):
+                    self.method.begin_iteration(self.iteration, self.config.epochs, self.config.iters_per_epoch)
+                terms = self.train_step(self.method.make_batch(self.slices, self.local_batch_size, self.rng))
+                self.history.setdefault("iteration_loss", []).append(terms["total"])
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{terms['total']:.4f}")
@@ -215,11 +287,12 @@ class Pretrainer:
             self.epoch += 1
             self.log(f"epoch {self.epoch}/{self.config.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
                      + f" lr {lr:.5f} time {time.time() - start:.1f}s")
-            self.plot_progress()
+            if self.rank == 0:
+                self.plot_progress()
             if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
                 # latest is also written at the end, so --c with more --epochs continues from the newest state
-                save_checkpoint(self.checkpoint_dict(), os.path.join(self.output_folder, "checkpoint_latest.pth"))
+                self.save("checkpoint_latest.pth")
+        self.save("checkpoint_final.pth")
         final = os.path.join(self.output_folder, "checkpoint_final.pth")
-        save_checkpoint(self.checkpoint_dict(), final)
         self.log(f"done: {final}")
         return final

@@ -2,6 +2,12 @@
 
 For every registered method M: ``nnUNetTrainer<M>Init``, ``..._10pct``, ``..._25pct``; plus the scratch
 baselines ``nnUNetTrainerScratch``, ``_10pct``, ``_25pct`` (nnU-Net's default init, same subsets).
+A method may restrict its fractions (class attribute ``label_fractions``, e.g. semi_local: 10 % and 25 %)
+and name its Init base class as a ``"module:Class"`` string (to avoid importing the trainers from a
+method module). Chaitanya et al.'s pseudo-label trainers: ``nnUNetTrainerPseudoLabelCL[Intra]_10pct``,
+``_25pct`` and, per method M, ``nnUNetTrainerPseudoLabelCL<M>Init_10pct``, ``_25pct``.
+A class attribute ``benchmark_name`` (set on the class itself, e.g. through ``fraction_variants``) makes a
+trainer one cell of ``nnunet_cl benchmark`` (see ``nnunet_cl/benchmark_plan.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +28,45 @@ def _publish(cls):
     return cls
 
 
-def fraction_variants(base, stem: str, **attributes) -> list:
-    """``stem``, ``stem_10pct``, ``stem_25pct`` subclasses of ``base`` (published in this module)."""
+def fraction_variants(base, stem: str, fractions=None, **attributes) -> list:
+    """``stem``, ``stem_10pct``, ``stem_25pct`` subclasses of ``base`` (published in this module);
+    ``fractions`` (e.g. ``(0.1, 0.25)``) keeps only those label fractions."""
+    unknown = set(fractions or ()) - set(LABEL_FRACTIONS.values())
+    if unknown:
+        raise ValueError(f"label fractions {sorted(unknown)} have no trainer suffix; known: {LABEL_FRACTIONS}")
     return [_publish(type(stem + suffix, (base,), dict(attributes, label_fraction=fraction)))
-            for suffix, fraction in LABEL_FRACTIONS.items()]
+            for suffix, fraction in LABEL_FRACTIONS.items() if fractions is None or fraction in fractions]
 
 
-fraction_variants(nnUNetTrainerCL, "nnUNetTrainerScratch")
+def init_trainer_base(method):
+    """The Init base class of a method: its ``init_trainer_base`` (a class or "module:Class") or the default."""
+    base = getattr(method, "init_trainer_base", None) or nnUNetTrainerPretrainedInit
+    if isinstance(base, str):
+        import importlib
+        module, _, name = base.partition(":")
+        base = getattr(importlib.import_module(module), name)
+    return base
+
+
+fraction_variants(nnUNetTrainerCL, "nnUNetTrainerScratch", benchmark_name="scratch")
 for _method in METHODS.values():
     if getattr(_method, "has_init_trainers", True):
-        fraction_variants(getattr(_method, "init_trainer_base", None) or nnUNetTrainerPretrainedInit,
-                          f"nnUNetTrainer{_method.trainer_name}Init", pretraining_method=_method.name)
+        fraction_variants(init_trainer_base(_method), f"nnUNetTrainer{_method.trainer_name}Init",
+                          fractions=getattr(_method, "label_fractions", None), pretraining_method=_method.name,
+                          benchmark_name=_method.name)
+
+from nnunet_cl.trainers.pseudo_label import nnUNetTrainerPseudoLabelCL  # noqa: E402
+
+PSEUDO_LABEL_FRACTIONS = (0.1, 0.25)   # the method needs unlabelled cases: no 100 % variant
+fraction_variants(nnUNetTrainerPseudoLabelCL, "nnUNetTrainerPseudoLabelCL", fractions=PSEUDO_LABEL_FRACTIONS,
+                  benchmark_name="pseudo_label")
+fraction_variants(nnUNetTrainerPseudoLabelCL, "nnUNetTrainerPseudoLabelCLIntra", fractions=PSEUDO_LABEL_FRACTIONS,
+                  contrast_mode="intra")
+for _method in METHODS.values():
+    if getattr(_method, "has_init_trainers", True):
+        _fractions = [f for f in PSEUDO_LABEL_FRACTIONS if f in (getattr(_method, "label_fractions", None)
+                                                                 or PSEUDO_LABEL_FRACTIONS)]
+        _base = type(f"nnUNetTrainerPseudoLabelCL{_method.trainer_name}InitBase",
+                     (nnUNetTrainerPseudoLabelCL, init_trainer_base(_method)), {})
+        fraction_variants(_base, f"nnUNetTrainerPseudoLabelCL{_method.trainer_name}Init", fractions=_fractions,
+                          pretraining_method=_method.name)

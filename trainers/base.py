@@ -2,7 +2,8 @@
 
 Budget environment variables (unset: nnU-Net's own recipe):
 ``nnUNet_cl_num_epochs``, ``nnUNet_cl_num_iterations_per_epoch``, ``nnUNet_cl_batch_size`` and
-``nnUNet_cl_num_val_iterations_per_epoch``.
+``nnUNet_cl_num_val_iterations_per_epoch``. ``nnUNet_cl_num_threads`` sets torch's CPU threads (nnUNetv2_train
+otherwise uses one per core, which on a machine shared with other jobs makes OpenMP threads spin).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class nnUNetTrainerCL(nnUNetTrainer):
             value = _positive_int_env(variable)
             if value is not None:
                 setattr(self, attribute, value)
+        threads = _positive_int_env("nnUNet_cl_num_threads")
+        if threads is not None:
+            torch.set_num_threads(threads)
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()

@@ -37,14 +37,18 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
                             f"{folder}__{self.plans_manager.plans_name}__{self.configuration_name}",
                             "checkpoint_final.pth")
 
+    def pretrain_hint(self) -> str:
+        """The command that makes the missing checkpoint (label-aware trainers add --fraction / --fold)."""
+        return (f"run: nnunet_cl pretrain -d {self.plans_manager.dataset_name} -m {self.pretraining_method} "
+                f"-p {self.plans_manager.plans_name}")
+
     def check_checkpoint(self, checkpoint: dict, path: str) -> None:
         """Hook for stricter trainers (e.g. label-aware ones check fraction and fold)."""
 
     def initialize(self):
         super().initialize()
         path = self.pretrained_checkpoint_path()
-        hint = (f"run: nnunet_cl pretrain -d {self.plans_manager.dataset_name} -m {self.pretraining_method} "
-                f"-p {self.plans_manager.plans_name} (or set {CHECKPOINT_ENV})")
+        hint = f"{self.pretrain_hint()} (or set {CHECKPOINT_ENV})"
         checkpoint = load_checkpoint(path, pretrain_hint=hint)
         self.check_checkpoint(checkpoint, path)
         loaded = load_pretrained_part(unwrap_network(self.network), checkpoint, path,
