@@ -1,5 +1,7 @@
-"""Bad input: one clear line on stderr, exit code 1, no traceback, nothing half-written."""
+"""The bad-input matrix: one table, each case one clear line on stderr, exit code 1, no traceback, nothing
+half-written. (A NaN loss is covered in test_interruption.py, constant slices in the SuperCL tests.)"""
 
+import json
 import os
 import shutil
 
@@ -11,79 +13,117 @@ from nnunet_cl.nnunet_context import architecture_fingerprint
 
 pytestmark = pytest.mark.integration
 
+PRETRAIN = ["nnunet_cl", "pretrain", "--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2", "-device", "cpu"]
 
-def assert_one_clear_line(proc, *fragments):
+
+def init_training(trainer="nnUNetTrainerSimCLRInit_10pct", fold="3"):
+    return ["nnUNetv2_train", "990", "2d", fold, "-tr", trainer, "-device", "cpu"]
+
+
+def raw_only_dataset(env, tmp):
+    os.makedirs(os.path.join(env.raw, "Dataset991_RawOnly"), exist_ok=True)
+    return PRETRAIN + ["-d", "991", "-m", "pcl"], {}
+
+
+def planned_not_preprocessed(env, tmp):
+    planned_only = os.path.join(env.preprocessed, "Dataset992_PlannedOnly")
+    os.makedirs(planned_only, exist_ok=True)
+    for name in ("nnUNetPlans.json", "dataset.json"):
+        shutil.copy(os.path.join(env.preprocessed, "Dataset990_Synth", name), planned_only)
+    return PRETRAIN + ["-d", "992", "-m", "pcl"], {}
+
+
+def checkpoint_file(tmp, network, method="simclr", plans="nnUNetPlans"):
+    path = str(tmp / f"{method}_{plans}.pth")
+    save_checkpoint({"network_weights": network.state_dict(), "method": method, "plans_identifier": plans,
+                     "architecture_fingerprint": architecture_fingerprint(network),
+                     "pretrained_prefixes": ["encoder."]}, path)
+    return path
+
+
+def missing_checkpoint(env, tmp):
+    return init_training(), {"nnUNet_cl_pretrained_checkpoint": str(tmp / "missing.pth")}
+
+
+def corrupt_checkpoint(env, tmp):
+    (tmp / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    return init_training(), {"nnUNet_cl_pretrained_checkpoint": str(tmp / "corrupt.pth")}
+
+
+def other_architecture_checkpoint(env, tmp):
+    from tests.test_checkpoint import small_unet
+    return init_training(), {"nnUNet_cl_pretrained_checkpoint": checkpoint_file(tmp, small_unet(), plans="Other")}
+
+
+def other_method_checkpoint(env, tmp):
+    from nnunet_cl.nnunet_context import load_dataset_context
+    os.environ.update(nnUNet_raw=env.raw, nnUNet_preprocessed=env.preprocessed, nnUNet_results=env.results)
+    network = load_dataset_context("990").build_network()
+    return init_training(), {"nnUNet_cl_pretrained_checkpoint": checkpoint_file(tmp, network, method="pcl")}
+
+
+def fold_without_training_cases(env, tmp):
+    # A split whose fold 5 has no training case: no label fraction can select anything.
+    splits_path = os.path.join(env.preprocessed, "Dataset990_Synth", "splits_final.json")
+    if not os.path.isfile(splits_path):
+        from nnunetv2.utilities.crossval_split import generate_crossval_split
+        ids = sorted(f[:-5] for f in os.listdir(os.path.join(env.preprocessed, "Dataset990_Synth", "nnUNetPlans_2d"))
+                     if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
+        json.dump(generate_crossval_split(ids, seed=12345, n_splits=5), open(splits_path, "w"))
+    splits = json.load(open(splits_path))
+    if len(splits) == 5:
+        splits.append({"train": [], "val": splits[0]["val"]})
+        json.dump(splits, open(splits_path, "w"))
+    return init_training("nnUNetTrainerScratch_10pct", fold="5"), {}
+
+
+CASES = [
+    ("env vars unset", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "pcl"], {"nnUNet_raw": "", "nnUNet_results": ""}),
+     ("nnUNet_raw", "nnUNet_results", "not set")),
+    ("unknown dataset", lambda e, t: (PRETRAIN + ["-d", "123", "-m", "pcl"], {}),
+     ("unknown dataset '123'", "nnUNetv2_plan_and_preprocess")),
+    ("dataset not planned", raw_only_dataset, ("no plans", "nnUNetv2_plan_and_preprocess -d Dataset991_RawOnly -c 2d")),
+    ("dataset not preprocessed for 2d", planned_not_preprocessed, ("not preprocessed for 2d",)),
+    ("3d configuration", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "pcl", "-c", "3d_fullres"], {}),
+     ("'3d_fullres' is not supported", "-c 2d")),
+    ("unknown method", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "nosuchmethod"], {}),
+     ("unknown method 'nosuchmethod'", "pcl")),
+    ("unknown method option", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "pcl", "-o", "nosuch=1"], {}),
+     ("no option 'nosuch'",)),
+    ("label fraction 0", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "semi_local", "--fraction", "0", "--fold", "0"],
+                                       {}), ("label fraction 0.0 is outside (0, 1]",)),
+    ("label fraction > 1", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "semi_local", "--fraction", "1.5",
+                                                     "--fold", "0"], {}), ("label fraction 1.5 is outside (0, 1]",)),
+    ("fraction yields 0 cases", fold_without_training_cases, ("no training cases",)),
+    ("checkpoint missing", missing_checkpoint, ("does not exist", "nnunet_cl pretrain -d Dataset990_Synth -m simclr")),
+    ("checkpoint corrupt", corrupt_checkpoint, ("corrupt",)),
+    ("checkpoint of another architecture", other_architecture_checkpoint,
+     ("another architecture", "nnUNetv2_move_plans_between_datasets")),
+    ("checkpoint of another method", other_method_checkpoint, ("pre-trained with method 'pcl', not 'simclr'",)),
+    ("budget variable not a number", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                                   {"nnUNet_cl_num_epochs": "zero"}), ("nnUNet_cl_num_epochs='zero'",)),
+]
+
+
+@pytest.mark.parametrize("name, make, fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_matrix(synthetic_env, tmp_path, name, make, fragments):
+    args, extra = make(synthetic_env, tmp_path)
+    if args[0] == "nnUNetv2_train":
+        extra = dict(synthetic_env.ext_trainer(), **extra)
+    before = set(_all_files(synthetic_env.results))
+    proc = synthetic_env.run(args, check=False, **extra)
     assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("nnunet_cl: error: "), last
     for fragment in fragments:
         assert fragment in last, (fragment, last)
+    # Nothing half-written: no checkpoint or temp file appeared.
+    new = set(_all_files(synthetic_env.results)) - before
+    assert not [f for f in new if f.endswith((".pth", ".tmp"))], new
 
 
-PRETRAIN = ["nnunet_cl", "pretrain", "--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2", "-device", "cpu"]
-
-
-@pytest.mark.parametrize("args, fragments", [
-    (["-d", "123", "-m", "pcl"], ("unknown dataset '123'", "nnUNetv2_plan_and_preprocess")),
-    (["-d", "990", "-m", "nosuchmethod"], ("unknown method 'nosuchmethod'", "pcl")),
-    (["-d", "990", "-m", "pcl", "-c", "3d_fullres"], ("'3d_fullres' is not supported", "-c 2d")),
-    (["-d", "990", "-m", "pcl", "-o", "nosuchoption=1"], ("no option 'nosuchoption'",)),
-])
-def test_pretrain_bad_arguments(synthetic_env, args, fragments):
-    proc = synthetic_env.run(PRETRAIN + args, check=False)
-    assert_one_clear_line(proc, *fragments)
-    assert not os.path.exists(os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "nosuchmethod"
-                                           "__nnUNetPlans__2d"))
-
-
-def test_nnunet_variables_unset(synthetic_env):
-    proc = synthetic_env.run(PRETRAIN + ["-d", "990", "-m", "pcl"], check=False, nnUNet_raw="", nnUNet_results="")
-    assert_one_clear_line(proc, "nnUNet_raw", "nnUNet_results", "not set")
-
-
-def test_dataset_not_planned_or_not_preprocessed_for_2d(synthetic_env):
-    raw_only = os.path.join(synthetic_env.raw, "Dataset991_RawOnly")
-    os.makedirs(raw_only, exist_ok=True)
-    proc = synthetic_env.run(PRETRAIN + ["-d", "991", "-m", "pcl"], check=False)
-    assert_one_clear_line(proc, "no plans", "nnUNetv2_plan_and_preprocess -d Dataset991_RawOnly -c 2d")
-
-    planned_only = os.path.join(synthetic_env.preprocessed, "Dataset992_PlannedOnly")
-    os.makedirs(planned_only, exist_ok=True)
-    for name in ("nnUNetPlans.json", "dataset.json"):
-        shutil.copy(os.path.join(synthetic_env.preprocessed, "Dataset990_Synth", name), planned_only)
-    proc = synthetic_env.run(PRETRAIN + ["-d", "992", "-m", "pcl"], check=False)
-    assert_one_clear_line(proc, "not preprocessed for 2d", "nnUNetv2_plan_and_preprocess")
-
-
-def init_training(env, checkpoint_path):
-    return env.run(["nnUNetv2_train", "990", "2d", "3", "-tr", "nnUNetTrainerSimCLRInit_10pct", "-device", "cpu"],
-                   check=False, nnUNet_cl_pretrained_checkpoint=checkpoint_path, **env.ext_trainer())
-
-
-def test_init_trainer_missing_checkpoint(synthetic_env, tmp_path):
-    assert_one_clear_line(init_training(synthetic_env, str(tmp_path / "missing.pth")),
-                          "does not exist", "nnunet_cl pretrain -d Dataset990_Synth -m simclr")
-
-
-def test_init_trainer_corrupt_checkpoint(synthetic_env, tmp_path):
-    corrupt = tmp_path / "checkpoint_final.pth"
-    corrupt.write_bytes(b"PK\x03\x04 not really a checkpoint")
-    assert_one_clear_line(init_training(synthetic_env, str(corrupt)), "corrupt")
-
-
-def test_init_trainer_checkpoint_of_other_architecture(synthetic_env, tmp_path):
-    from tests.test_checkpoint import small_unet
-    other = small_unet()
-    path = str(tmp_path / "other.pth")
-    save_checkpoint({"network_weights": other.state_dict(), "method": "simclr", "plans_identifier": "OtherPlans",
-                     "architecture_fingerprint": architecture_fingerprint(other),
-                     "pretrained_prefixes": ["encoder."]}, path)
-    assert_one_clear_line(init_training(synthetic_env, path), "another architecture",
-                          "nnUNetv2_move_plans_between_datasets")
-
-
-def test_budget_variable_must_be_positive(synthetic_env):
-    proc = synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", "nnUNetTrainerScratch_10pct", "-device",
-                              "cpu"], check=False, nnUNet_cl_num_epochs="zero", **synthetic_env.ext_trainer())
-    assert_one_clear_line(proc, "nnUNet_cl_num_epochs='zero'")
+def _all_files(root):
+    for folder, _, files in os.walk(root):
+        for f in files:
+            yield os.path.join(folder, f)

@@ -20,6 +20,7 @@ from nnunet_cl.pretraining.views import apply_per_sample, spatial_pipeline
 
 class InstanceContrastMethod(PretrainingMethod):
     default_options = {"temperature": 0.1, "projection_dim": 128}
+    supports_distributed = True   # compute_loss below gathers; subclasses overriding it must opt in again
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)

@@ -46,6 +46,7 @@ def graph_loss(graph_embeddings: torch.Tensor, temperature: float) -> torch.Tens
 
 @register
 class WCL(InstanceContrastMethod):
+    supports_distributed = False  # its graph loss does not gather yet
     name = "wcl"
     trainer_name = "WCL"
     default_options = {**InstanceContrastMethod.default_options, "graph_weight": 1.0}
