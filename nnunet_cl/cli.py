@@ -30,6 +30,9 @@ def add_pretrain_parser(subparsers) -> None:
     p.add_argument("--c", dest="continue_training", action="store_true", help="resume from checkpoint_latest.pth")
     p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
                    metavar="KEY=VALUE", help="method option, e.g. -o temperature=0.2 (repeatable)")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="label-aware methods (semi_local): labelled fraction of the fold, as the _10pct/_25pct trainer")
+    p.add_argument("--fold", default=None, help="label-aware methods: the nnU-Net fold whose labelled subset is used")
     p.set_defaults(func=run_pretrain)
 
 
@@ -48,9 +51,24 @@ def run_pretrain(args) -> None:
                             plans=args.plans, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                             save_every=args.save_every, continue_training=args.continue_training,
-                            options=dict(args.options))
+                            options=dict(args.options, **_label_options(args)))
+    from nnunet_cl import distributed
     final = Pretrainer(config).run()
-    print(f"pre-trained checkpoint: {final}")
+    if distributed.is_main_process():
+        print(f"pre-trained checkpoint: {final}")
+    distributed.shutdown()
+
+
+def _label_options(args) -> dict:
+    """--fraction / --fold become the method options ``fraction`` / ``fold`` of label-aware methods."""
+    given = {k: v for k, v in (("fraction", args.fraction), ("fold", args.fold)) if v is not None}
+    if given:
+        from nnunet_cl.errors import NnunetClError
+        from nnunet_cl.pretraining.methods import get_method
+        if not all(k in get_method(args.method).default_options for k in given):
+            raise NnunetClError(f"method {args.method!r} does not use labels: drop --fraction/--fold "
+                                "(they belong to label-aware methods such as semi_local)")
+    return given
 
 
 def run_env(args) -> None:
@@ -64,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(subparsers)
     env = subparsers.add_parser("env", help='print the export line for nnUNet_extTrainer: eval "$(nnunet_cl env)"')
     env.set_defaults(func=run_env)
+    from nnunet_cl.pretraining.superpixels import add_superpixels_parser  # SuperCL
+    add_superpixels_parser(subparsers)
+    from nnunet_cl.pretraining.show_superpixels import add_show_superpixels_parser  # SuperCL
+    add_show_superpixels_parser(subparsers)
+    from nnunet_cl.benchmark import add_benchmark_parser  # quality benchmark
+    add_benchmark_parser(subparsers)
+    from nnunet_cl.speed import add_speed_parser  # speed benchmark
+    add_speed_parser(subparsers)
     return parser
 
 

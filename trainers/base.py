@@ -2,8 +2,9 @@
 
 Budget environment variables (unset: nnU-Net's own recipe):
 ``nnUNet_cl_num_epochs``, ``nnUNet_cl_num_iterations_per_epoch``, ``nnUNet_cl_batch_size`` and
-``nnUNet_cl_num_val_iterations_per_epoch``. ``nnUNet_cl_num_threads`` sets torch's CPU threads (nnUNetv2_train
-otherwise uses one per core, which on a machine shared with other jobs makes OpenMP threads spin).
+``nnUNet_cl_num_val_iterations_per_epoch``; ``nnUNet_cl_save_every`` (epochs between checkpoint_latest.pth).
+``nnUNet_cl_num_threads`` sets torch's CPU threads (nnUNetv2_train otherwise uses one per core, which on a
+machine shared with other jobs makes OpenMP threads spin).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ BUDGET_VARIABLES = {
     "nnUNet_cl_num_epochs": "num_epochs",
     "nnUNet_cl_num_iterations_per_epoch": "num_iterations_per_epoch",
     "nnUNet_cl_num_val_iterations_per_epoch": "num_val_iterations_per_epoch",
+    # checkpoint_latest.pth every N epochs (nnU-Net: 50), so an interrupted short run resumes with --c
+    "nnUNet_cl_save_every": "save_every",
 }
 
 

@@ -21,3 +21,6 @@ def get_method(name: str):
 
 # Importing the modules registers the methods.
 from nnunet_cl.pretraining.methods import instance  # noqa: E402,F401
+from nnunet_cl.pretraining.methods import gcl, jcl, wcl  # noqa: E402,F401
+from nnunet_cl.pretraining.methods import supercl  # noqa: E402,F401
+from nnunet_cl.pretraining.methods import semi_local  # noqa: E402,F401

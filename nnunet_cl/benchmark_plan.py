@@ -1,0 +1,284 @@
+"""What ``nnunet_cl benchmark`` runs: budget presets, the runs found in the registries, what is finished.
+
+**Which runs exist** is read from the trainer registry (``nnunet_cl.trainers``), never from a list in
+the benchmark: every published trainer class that carries its own class attribute ``benchmark_name``
+is one cell of the table, at its ``label_fraction``. ``trainers/__init__.py`` tags the scratch
+baselines (``"scratch"``) and every generated ``nnUNetTrainer<M>Init*`` (``M.name``); a fine-tuning-only
+family joins by tagging its classes, e.g.
+``fraction_variants(base, "nnUNetTrainerPseudoLabelCL", benchmark_name="pseudo_label")``. The attribute
+must be set on the class itself (``fraction_variants`` does that), so subclasses of a tagged class do
+not silently become duplicate cells. A fraction a family has no class for (e.g. a semi-supervised
+method at 100 %) is simply not run.
+
+**Pre-training**: a trainer with a ``pretraining_method`` attribute needs that method's checkpoint. A
+method is *label-aware* when its options include ``fraction`` and ``fold`` (the convention of
+``nnunet_cl pretrain --fraction/--fold``); it is pre-trained once per fraction and fold, every other
+method once per dataset. The checkpoint folder is ``method.folder_name(options)`` -- the same lookup
+the Init trainers use -- so the benchmark and ``nnUNetv2_train`` can never disagree about it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+from nnunet_cl.errors import NnunetClError
+
+DEFAULT_FRACTIONS = (0.1, 0.25)
+UPPER_BOUND_METHOD = "scratch"      # also run at 100 % labels, as the paper's upper bound
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget of every run of one benchmark. ``None``: nnU-Net's own value (plans / 1000 epochs)."""
+    name: str
+    pretrain_epochs: int
+    pretrain_iters_per_epoch: int
+    pretrain_batch_size: int
+    finetune_epochs: Optional[int]
+    finetune_iters_per_epoch: Optional[int]
+    finetune_batch_size: Optional[int]
+    finetune_val_iters_per_epoch: Optional[int]
+    device: str
+    folds: tuple
+    test_time_augmentation: bool = True     # mirroring in nnUNetv2_predict of a --test-images folder
+
+    def finetune_env(self) -> dict:
+        """The nnUNet_cl_* budget variables; unset (None) ones are removed from the child's environment."""
+        return {"nnUNet_cl_num_epochs": self.finetune_epochs,
+                "nnUNet_cl_num_iterations_per_epoch": self.finetune_iters_per_epoch,
+                "nnUNet_cl_batch_size": self.finetune_batch_size,
+                "nnUNet_cl_num_val_iterations_per_epoch": self.finetune_val_iters_per_epoch}
+
+    def pretrain_args(self) -> list:
+        return ["--epochs", self.pretrain_epochs, "--iters-per-epoch", self.pretrain_iters_per_epoch,
+                "--batch-size", self.pretrain_batch_size, "-device", self.device]
+
+    def fingerprint(self) -> dict:
+        """What makes two runs comparable: every budget value except the preset's name and its folds."""
+        return {k: v for k, v in asdict(self).items() if k not in ("name", "folds")}
+
+    def describe(self) -> str:
+        ft = self.finetune_env()
+        return (f"preset {self.name}: pre-training {self.pretrain_epochs} epochs x {self.pretrain_iters_per_epoch} "
+                f"iterations, batch {self.pretrain_batch_size}; fine-tuning "
+                f"{ft['nnUNet_cl_num_epochs'] or 1000} epochs x {ft['nnUNet_cl_num_iterations_per_epoch'] or 250} "
+                f"iterations, batch {ft['nnUNet_cl_batch_size'] or 'from the plans'}, "
+                f"{ft['nnUNet_cl_num_val_iterations_per_epoch'] or 50} validation iterations per epoch; "
+                f"device {self.device}")
+
+
+PRESETS = {
+    # This machine: 2 CPU cores, no GPU. One pre-training <= 10 min, one fine-tuning run (training plus
+    # nnU-Net's final validation of the fold's 40 Hippocampus cases) <= 6 min. Fine-tuning spends its
+    # samples on more, smaller steps (800 x 16 rather than 400 x 32): with nnU-Net's recipe (SGD 0.01,
+    # momentum 0.99) scratch at 100 % on Hippocampus stayed at Dice 0 for its first ~260 steps at batch
+    # 32, so the number of updates, not the batch, limits a short run (calibration: README, Results).
+    "cpu": Budget("cpu", pretrain_epochs=10, pretrain_iters_per_epoch=40, pretrain_batch_size=32,
+                  finetune_epochs=40, finetune_iters_per_epoch=20, finetune_batch_size=16,
+                  finetune_val_iters_per_epoch=5, device="cpu", folds=(0,), test_time_augmentation=False),
+    # nnU-Net's default recipe (1000 x 250, batch from the plans) and the papers' pre-training
+    # (100 epochs, batch 32 = nnunet_cl pretrain's defaults), five folds, for a GPU machine.
+    "paper": Budget("paper", pretrain_epochs=100, pretrain_iters_per_epoch=250, pretrain_batch_size=32,
+                    finetune_epochs=None, finetune_iters_per_epoch=None, finetune_batch_size=None,
+                    finetune_val_iters_per_epoch=None, device="cuda", folds=(0, 1, 2, 3, 4)),
+    # Seconds per run: for tests and for checking an installation end to end. Its numbers mean nothing.
+    "tiny": Budget("tiny", pretrain_epochs=1, pretrain_iters_per_epoch=2, pretrain_batch_size=4,
+                   finetune_epochs=1, finetune_iters_per_epoch=2, finetune_batch_size=2,
+                   finetune_val_iters_per_epoch=1, device="cpu", folds=(0,), test_time_augmentation=False),
+}
+
+
+def make_budget(preset: str, **overrides) -> Budget:
+    if preset not in PRESETS:
+        raise NnunetClError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in overrides.items():
+        if key != "device" and key != "folds" and (not isinstance(value, int) or value < 1):
+            raise NnunetClError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    return replace(PRESETS[preset], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class PretrainJob:
+    method: str
+    options: tuple          # sorted (key, value) pairs passed to nnunet_cl pretrain (label-aware: fraction, fold)
+    folder: str             # the method's results sub-folder for these options
+
+    def checkpoint(self, results: str, dataset_name: str, plans: str) -> str:
+        return os.path.join(results, dataset_name, "nnunet_cl", f"{self.folder}__{plans}__2d", "checkpoint_final.pth")
+
+    def cli_args(self) -> list:
+        args = []
+        for key, value in self.options:
+            args += [f"--{key}", value]
+        return args
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}" + "".join(f" {k} {v}" for k, v in self.options)
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    method: str             # benchmark name: "scratch", a pre-training method, or a trainer family
+    trainer: str
+    fraction: float
+    fold: object            # int, or "all"
+    pretrain: Optional[PretrainJob] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {fraction_label(self.fraction)} fold {self.fold}"
+
+    def fold_folder(self, results: str, dataset_name: str, plans: str) -> str:
+        return os.path.join(results, dataset_name, f"{self.trainer}__{plans}__2d", f"fold_{self.fold}")
+
+
+def fraction_label(fraction: float) -> str:
+    return f"{fraction * 100:g} %"
+
+
+@dataclass
+class BenchmarkFamilies:
+    """benchmark name -> {label fraction -> trainer class}, in publication order (scratch first)."""
+    families: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list:
+        return list(self.families)
+
+    def trainer(self, name: str, fraction: float):
+        for f, cls in self.families.get(name, {}).items():
+            if abs(f - fraction) < 1e-9:
+                return cls
+        return None
+
+
+def discover_families(trainer_module=None) -> BenchmarkFamilies:
+    if trainer_module is None:
+        import nnunet_cl.trainers as trainer_module
+    families: dict = {}
+    for attribute in getattr(trainer_module, "__all__", dir(trainer_module)):
+        cls = getattr(trainer_module, attribute, None)
+        name = getattr(cls, "__dict__", {}).get("benchmark_name") if isinstance(cls, type) else None
+        if not name:
+            continue
+        fraction = float(cls.label_fraction)
+        by_fraction = families.setdefault(name, {})
+        if fraction in by_fraction and by_fraction[fraction] is not cls:
+            raise NnunetClError(f"two trainers claim benchmark cell ({name}, {fraction_label(fraction)}): "
+                                f"{by_fraction[fraction].__name__} and {cls.__name__}; give one another benchmark_name")
+        by_fraction[fraction] = cls
+    return BenchmarkFamilies(families)
+
+
+def pretrain_job(trainer_cls, fraction: float, fold) -> Optional[PretrainJob]:
+    method_name = getattr(trainer_cls, "pretraining_method", "")
+    if not method_name:
+        return None
+    from nnunet_cl.pretraining.methods import get_method
+    method = get_method(method_name)
+    options = {"fraction": fraction, "fold": str(fold)} if is_label_aware(method) else {}
+    folder = method.folder_name(method.resolve_options(options))
+    return PretrainJob(method_name, tuple(sorted((k, str(v) if k == "fold" else v) for k, v in options.items())),
+                       folder)
+
+
+def is_label_aware(method_cls) -> bool:
+    return {"fraction", "fold"} <= set(method_cls.default_options)
+
+
+def plan_runs(families: BenchmarkFamilies, methods=None, fractions=DEFAULT_FRACTIONS, folds=(0,),
+              upper_bound: bool = True) -> tuple:
+    """(runs in execution order, [(method, fraction) cells that have no trainer]).
+
+    Order: fold by fold; within a fold fraction by fraction (ascending), methods in registry order;
+    the 100 % scratch upper bound last in each fold.
+    """
+    available = families.names
+    methods = list(available) if not methods else list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in available]
+    if unknown:
+        raise NnunetClError(f"unknown benchmark method(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    known_fractions = sorted({f for by_fraction in families.families.values() for f in by_fraction})
+    fractions = sorted(dict.fromkeys(float(f) for f in fractions))
+    for f in fractions:
+        if not any(abs(f - k) < 1e-9 for k in known_fractions):
+            raise NnunetClError(f"label fraction {f:g} has no trainers; use one of: "
+                                f"{', '.join(f'{k:g}' for k in known_fractions)}")
+    cells = [(m, f) for f in fractions for m in methods]
+    if upper_bound and UPPER_BOUND_METHOD in methods and not any(abs(f - 1.0) < 1e-9 for f in fractions):
+        cells.append((UPPER_BOUND_METHOD, 1.0))
+    runs, missing = [], []
+    for fold in folds:
+        for method, fraction in cells:
+            cls = families.trainer(method, fraction)
+            if cls is None:
+                if (method, fraction) not in missing:
+                    missing.append((method, fraction))
+                continue
+            runs.append(FinetuneRun(method, cls.__name__, fraction, fold, pretrain_job(cls, fraction, fold)))
+    return runs, missing
+
+
+# ---------------------------------------------------------------------------------------------- state
+@dataclass(frozen=True)
+class BenchmarkLayout:
+    """Where one benchmark keeps everything: ``output/`` with its own ``nnUNet_results``."""
+    output: str
+    dataset_name: str
+    plans: str = "nnUNetPlans"
+
+    @property
+    def results(self) -> str:
+        return os.path.join(self.output, "nnUNet_results")
+
+    def checkpoint(self, job: PretrainJob) -> str:
+        return job.checkpoint(self.results, self.dataset_name, self.plans)
+
+    def fold_folder(self, run: FinetuneRun) -> str:
+        return run.fold_folder(self.results, self.dataset_name, self.plans)
+
+    def metrics_file(self, run: FinetuneRun, split: str) -> str:
+        return os.path.join(self.output, "metrics", run.trainer, f"fold_{run.fold}_{split}.csv")
+
+    def test_predictions(self, run: FinetuneRun) -> str:
+        return os.path.join(self.output, "test_predictions", run.trainer, f"fold_{run.fold}")
+
+    def log_file(self, name: str) -> str:
+        return os.path.join(self.output, "logs", name + ".log")
+
+
+def pretrain_done(layout: BenchmarkLayout, job: PretrainJob) -> bool:
+    return os.path.isfile(layout.checkpoint(job))
+
+
+def pretrain_resumable(layout: BenchmarkLayout, job: PretrainJob) -> bool:
+    return os.path.isfile(os.path.join(os.path.dirname(layout.checkpoint(job)), "checkpoint_latest.pth"))
+
+
+def training_done(layout: BenchmarkLayout, run: FinetuneRun) -> bool:
+    """nnUNetv2_train writes validation/summary.json as its very last step."""
+    return os.path.isfile(os.path.join(layout.fold_folder(run), "validation", "summary.json"))
+
+
+def training_resumable(layout: BenchmarkLayout, run: FinetuneRun) -> bool:
+    folder = layout.fold_folder(run)
+    return any(os.path.isfile(os.path.join(folder, f"checkpoint_{k}.pth")) for k in ("final", "latest"))
+
+
+def run_done(layout: BenchmarkLayout, run: FinetuneRun, with_test: bool = False) -> bool:
+    done = training_done(layout, run) and os.path.isfile(layout.metrics_file(run, "val"))
+    return done and (not with_test or os.path.isfile(layout.metrics_file(run, "test")))
+
+
+def run_state(layout: BenchmarkLayout, run: FinetuneRun, with_test: bool = False) -> str:
+    """One word for ``--list`` and the progress line: done / evaluate / resume / pending."""
+    if run_done(layout, run, with_test):
+        return "done"
+    if training_done(layout, run):
+        return "evaluate"
+    return "resume" if training_resumable(layout, run) else "pending"

@@ -1,0 +1,211 @@
+"""The benchmark's planning (which runs, which are finished), its reports, and one tiny end-to-end run."""
+
+import csv
+import json
+import math
+import os
+import types
+
+import pytest
+
+from nnunet_cl.benchmark import Benchmark, check_test_folder, msd_dataset_name, preprocessing_state, progress_line
+from nnunet_cl.benchmark_plan import (BenchmarkLayout, discover_families, is_label_aware, make_budget, plan_runs,
+                                      run_state)
+from nnunet_cl.benchmark_report import markdown, plot_dsc, read_rows, write_rows
+from nnunet_cl.errors import NnunetClError
+from nnunet_cl.pretraining.methods import METHODS
+from tests.conftest import SYNTH_ID
+
+
+def fake_trainer_module():
+    """Three tagged families; a subclass of a tagged class must not become a cell of its own."""
+    class Base:
+        label_fraction = 1.0
+
+    def make(name, fraction, tag=None, base=Base, **attrs):
+        body = dict(attrs, label_fraction=fraction)
+        if tag:
+            body["benchmark_name"] = tag
+        return type(name, (base,), body)
+
+    classes = [make("Scratch", 1.0, "scratch"), make("Scratch_10pct", 0.1, "scratch"),
+               make("Scratch_25pct", 0.25, "scratch"),
+               make("Semi_10pct", 0.1, "semi"), make("Semi_25pct", 0.25, "semi")]
+    classes.append(make("Untagged_10pct", 0.1, base=classes[1]))      # inherits the tag -> ignored
+    module = types.SimpleNamespace(**{c.__name__: c for c in classes})
+    module.__all__ = [c.__name__ for c in classes]
+    return module
+
+
+def test_families_come_from_own_class_attributes():
+    families = discover_families(fake_trainer_module())
+    assert families.names == ["scratch", "semi"]
+    assert families.trainer("semi", 0.1).__name__ == "Semi_10pct"
+    assert families.trainer("semi", 1.0) is None
+
+
+def test_duplicate_cells_are_refused():
+    module = fake_trainer_module()
+    module.Other = type("Other", (), {"benchmark_name": "semi", "label_fraction": 0.1})
+    module.__all__.append("Other")
+    with pytest.raises(NnunetClError, match="two trainers claim"):
+        discover_families(module)
+
+
+def test_plan_order_upper_bound_and_missing_cells():
+    families = discover_families(fake_trainer_module())
+    runs, missing = plan_runs(families, None, (0.25, 0.1), folds=(0, 1))
+    labels = [(r.method, r.fraction, r.fold) for r in runs]
+    assert labels[:5] == [("scratch", 0.1, 0), ("semi", 0.1, 0), ("scratch", 0.25, 0), ("semi", 0.25, 0),
+                          ("scratch", 1.0, 0)]
+    assert labels[5:] == [(m, f, 1) for m, f, _ in labels[:5]]
+    assert missing == []
+    runs, missing = plan_runs(families, ["semi"], (0.1, 1.0), folds=(0,))
+    assert [(r.method, r.fraction) for r in runs] == [("semi", 0.1)] and missing == [("semi", 1.0)]
+    runs, _ = plan_runs(families, ["scratch"], (0.1,), folds=(0,), upper_bound=False)
+    assert [r.fraction for r in runs] == [0.1]
+    with pytest.raises(NnunetClError, match="unknown benchmark method"):
+        plan_runs(families, ["nope"], (0.1,))
+    with pytest.raises(NnunetClError, match="label fraction 0.5"):
+        plan_runs(families, None, (0.5,))
+
+
+def test_real_registry_covers_every_method_with_init_trainers():
+    families = discover_families()
+    expected = ["scratch"] + [m.name for m in METHODS.values() if getattr(m, "has_init_trainers", True)]
+    assert set(expected) <= set(families.names)
+    runs, _ = plan_runs(families, None, (0.1, 0.25), folds=(0, 1))
+    assert {r.method for r in runs} == set(families.names)
+    for run in runs:
+        method = METHODS.get(run.method)
+        if run.method == "scratch" or method is None:
+            continue
+        assert run.pretrain is not None and run.pretrain.method == run.method
+    # One checkpoint per method, except label-aware ones: one per fraction and fold.
+    for name, method in METHODS.items():
+        jobs = {r.pretrain for r in runs if r.pretrain is not None and r.pretrain.method == name}
+        if not jobs:
+            continue
+        if is_label_aware(method):
+            assert len(jobs) == 4 and len({j.folder for j in jobs}) == 4
+            assert all(dict(j.options).keys() == {"fraction", "fold"} for j in jobs)
+        else:
+            assert len(jobs) == 1 and next(iter(jobs)).options == ()
+
+
+def test_run_states_follow_the_files(tmp_path):
+    families = discover_families(fake_trainer_module())
+    run = plan_runs(families, ["scratch"], (0.1,), folds=(0,), upper_bound=False)[0][0]
+    layout = BenchmarkLayout(str(tmp_path), "Dataset990_Synth")
+    assert run_state(layout, run) == "pending"
+    folder = layout.fold_folder(run)
+    os.makedirs(os.path.join(folder, "validation"))
+    open(os.path.join(folder, "checkpoint_latest.pth"), "w").close()
+    assert run_state(layout, run) == "resume"
+    open(os.path.join(folder, "validation", "summary.json"), "w").close()
+    assert run_state(layout, run) == "evaluate"
+    os.makedirs(os.path.dirname(layout.metrics_file(run, "val")))
+    open(layout.metrics_file(run, "val"), "w").close()
+    assert run_state(layout, run) == "done"
+    assert run_state(layout, run, with_test=True) == "evaluate"
+
+
+def test_budget_overrides_and_pinning(tmp_path):
+    budget = make_budget("cpu", finetune_epochs=3, device=None)
+    assert budget.finetune_epochs == 3 and budget.pretrain_epochs == make_budget("cpu").pretrain_epochs
+    assert make_budget("paper").finetune_env()["nnUNet_cl_num_epochs"] is None
+    with pytest.raises(NnunetClError, match="positive integer"):
+        make_budget("cpu", finetune_epochs=0)
+    with pytest.raises(NnunetClError, match="unknown preset"):
+        make_budget("fast")
+    bench = Benchmark(types.SimpleNamespace(), make_budget("tiny"))
+    bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+    bench.pin_budget()
+    bench.pin_budget()                                    # same budget: fine
+    bench.budget = make_budget("tiny", finetune_epochs=2)
+    with pytest.raises(NnunetClError, match="finetune_epochs"):
+        bench.pin_budget()
+
+
+def test_dataset_helpers(tmp_path):
+    task = tmp_path / "Task04_Hippocampus"
+    task.mkdir()
+    with pytest.raises(NnunetClError, match="not an MSD task folder"):
+        msd_dataset_name(str(task))
+    (task / "dataset.json").write_text("{}")
+    assert msd_dataset_name(str(task)) == (4, "Dataset004_Hippocampus")
+    assert preprocessing_state(str(tmp_path), str(tmp_path), "Dataset004_Hippocampus", "nnUNetPlans") == "plan"
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir(), labels.mkdir()
+    (images / "a_0000.nii.gz").write_text(""), (images / "b_0000.nii.gz").write_text("")
+    (labels / "a.nii.gz").write_text("")
+    with pytest.raises(NnunetClError, match="no label"):
+        check_test_folder(str(images), str(labels), ".nii.gz")
+    (labels / "b.nii.gz").write_text("")
+    assert check_test_folder(str(images), str(labels), ".nii.gz") == ["a", "b"]
+    assert progress_line("2026-01-01 10:00:00.123: Epoch 4", 20, 0).startswith("epoch 5/20")
+
+
+def rows_for(method, fraction, fold, dscs, hd95s):
+    return [{"dataset": "D", "method": method, "trainer": "T", "fraction": fraction, "fold": fold, "split": "val",
+             "case": f"c{i}", "class": "organ", "class_id": "1", "dsc": d, "jc": d / (2 - d), "hd95": h, "asd": h / 2,
+             "n_ref": 10, "n_pred": 10, "distance_undefined": math.isnan(h)} for i, (d, h) in enumerate(zip(dscs, hd95s))]
+
+
+def test_report_mean_sd_over_folds_and_undefined_counts(tmp_path):
+    rows = (rows_for("scratch", 0.1, 0, [0.8, 0.8], [2.0, 4.0]) + rows_for("scratch", 0.1, 1, [0.9, 0.9], [1.0, math.nan])
+            + rows_for("scratch", 1.0, 0, [0.95, 0.95], [1.0, 1.0]))
+    path = str(tmp_path / "r.csv")
+    write_rows(rows, path)
+    rows = read_rows(path)
+    assert len(rows) == 6 and rows[3]["distance_undefined"] and math.isnan(rows[3]["hd95"])
+    text = markdown(rows, ["# header"])
+    line = next(l for l in text.splitlines() if l.startswith("| 10 % | scratch"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    # DSC: fold means 80 and 90 -> 85.0 +- 7.1 (sample sd); HD95: fold means 3.0 and 1.0 (NaN left out) -> 2.00 +- 1.41
+    assert cells[2] == "85.0 ± 7.1"
+    assert cells[4] == "2.00 ± 1.41"
+    assert cells[6:] == ["0,1", "1"]
+    assert any(l.startswith("| 100 % | scratch | 95.0 |") for l in text.splitlines())
+    plot_dsc(rows, str(tmp_path / "r.png"), "title")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.integration
+def test_tiny_benchmark_end_to_end_and_resume(synthetic_env, tmp_path):
+    method = "pcl" if "pcl" in METHODS else next(iter(METHODS))
+    out = str(tmp_path / "bench")
+    command = ["nnunet_cl", "benchmark", "-d", SYNTH_ID, "--preset", "tiny", "-m", "scratch", method,
+               "--fractions", "0.25", "--no-upper-bound", "-f", "0", "-o", out, "-np", "1"]
+    first = synthetic_env.run(command, timeout=900)
+    assert "nnUNetv2_train" in first.stdout and "pretrain" in first.stdout
+    with open(os.path.join(out, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    splits = json.load(open(os.path.join(synthetic_env.preprocessed, "Dataset990_Synth", "splits_final.json")))
+    n_val = len(splits[0]["val"])
+    assert len(rows) == 2 * n_val * 2                                # 2 runs x val cases x 2 classes
+    assert {r["method"] for r in rows} == {"scratch", method} and {r["class"] for r in rows} == {"left", "right"}
+    assert all(0.0 <= float(r["dsc"]) <= 1.0 for r in rows)
+    text = open(os.path.join(out, "results.md")).read()
+    assert "| 25 % | scratch |" in text and f"| {method} |" in text and "HD95 (mm)" in text
+    assert open(os.path.join(out, "results.png"), "rb").read(4) == b"\x89PNG"
+
+    second = synthetic_env.run(command, timeout=300)
+    assert "$ nnUNetv2_train" not in second.stdout and "$ nnunet_cl pretrain" not in second.stdout
+    assert "cached" in second.stdout and second.stdout.count(": done (") == 2
+
+
+def test_child_environment_carries_exactly_the_budget(monkeypatch):
+    from nnunet_cl.ext_trainer import SHIM_DIR
+    monkeypatch.setenv("nnUNet_cl_num_epochs", "7")                    # a leftover in the user's shell
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    paper = Benchmark(types.SimpleNamespace(processes=2), make_budget("paper")).child_env(training=True)
+    assert "nnUNet_cl_num_epochs" not in paper and "nnUNet_cl_save_every" not in paper
+    cpu_budget = make_budget("cpu")
+    bench = Benchmark(types.SimpleNamespace(processes=2), cpu_budget)
+    env = bench.child_env(training=True)
+    assert env["nnUNet_cl_num_epochs"] == str(cpu_budget.finetune_epochs)
+    assert env["nnUNet_cl_batch_size"] == str(cpu_budget.finetune_batch_size)
+    assert int(env["nnUNet_cl_save_every"]) < cpu_budget.finetune_epochs     # interrupted runs can resume
+    assert env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_extTrainer"].split(os.pathsep)[0] == SHIM_DIR
+    assert "nnUNet_n_proc_DA" not in bench.child_env(training=False)       # 0 would break nnU-Net's planner
