@@ -82,6 +82,7 @@ def cache_processes() -> int:
 
 @register
 class SuperCL(PCL):
+    supports_distributed = False  # ILCP / CCL do not gather across ranks yet
     name = "supercl"
     trainer_name = "SuperCL"
     default_lr = 0.01
