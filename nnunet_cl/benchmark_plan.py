@@ -74,7 +74,7 @@ PRESETS = {
     # nnU-Net's final validation of the fold's 40 Hippocampus cases) <= 6 min. Fine-tuning spends its
     # samples on more, smaller steps (800 x 16 rather than 400 x 32): with nnU-Net's recipe (SGD 0.01,
     # momentum 0.99) scratch at 100 % on Hippocampus stayed at Dice 0 for its first ~260 steps at batch
-    # 32, so the number of updates, not the batch, limits a short run (calibration: README, Results).
+    # 32, so the number of updates, not the batch, limits a short run (calibration observation; the README Results section lists what is still to be run).
     "cpu": Budget("cpu", pretrain_epochs=10, pretrain_iters_per_epoch=40, pretrain_batch_size=32,
                   finetune_epochs=40, finetune_iters_per_epoch=20, finetune_batch_size=16,
                   finetune_val_iters_per_epoch=5, device="cpu", folds=(0,), test_time_augmentation=False),
