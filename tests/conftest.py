@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 SYNTH_ID = 990
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,3 +85,13 @@ def synthetic_context(synthetic_env):
     os.environ.update(nnUNet_raw=synthetic_env.raw, nnUNet_preprocessed=synthetic_env.preprocessed,
                       nnUNet_results=synthetic_env.results)
     return load_dataset_context(str(SYNTH_ID))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """On a loaded 2-core machine two OpenMP threads per process spin against the other processes and slow
+    the tiny forward passes down by more than an order of magnitude; one thread gives the same results."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """On a loaded 2-core machine two OpenMP threads per process spin against the other processes and slow
-    the tiny forward passes down by more than an order of magnitude; one thread gives the same results."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def results_dir(env, folder):
