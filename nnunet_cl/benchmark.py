@@ -147,6 +147,10 @@ class Benchmark:
                     env.pop(variable, None)
                 else:
                     env[variable] = str(value)
+            if not self.budget.test_time_augmentation:
+                env["nnUNet_cl_val_mirroring"] = "0"   # the final validation, as --disable_tta for test images
+            else:
+                env.pop("nnUNet_cl_val_mirroring", None)
             if self.budget.finetune_epochs is not None:
                 # Short runs: a checkpoint_latest.pth every ~1/8 of the run, so a killed run resumes (--c).
                 env["nnUNet_cl_save_every"] = str(max(1, self.budget.finetune_epochs // 8))

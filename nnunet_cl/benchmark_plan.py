@@ -42,7 +42,7 @@ class Budget:
     finetune_val_iters_per_epoch: Optional[int]
     device: str
     folds: tuple
-    test_time_augmentation: bool = True     # mirroring in nnUNetv2_predict of a --test-images folder
+    test_time_augmentation: bool = True     # mirroring in the final validation and in nnUNetv2_predict of --test-images
 
     def finetune_env(self) -> dict:
         """The nnUNet_cl_* budget variables; unset (None) ones are removed from the child's environment."""
@@ -75,7 +75,8 @@ PRESETS = {
     # samples on more, smaller steps (700 x 16 rather than 400 x 32): with nnU-Net's recipe (SGD 0.01,
     # momentum 0.99) scratch at 100 % on Hippocampus stayed at Dice 0 for its first ~260 steps at batch
     # 32 and ended at DSC 27 % after 400; 700 x 16 gave DSC 80.4 % (fold 0) in 6 min 54 s on a nearly idle
-    # machine (4 min training, 2 min 40 s final validation with mirroring). Calibration: README, Results.
+    # machine (4 min training, 2 min 40 s final validation with mirroring). The preset therefore validates
+    # without mirroring (test_time_augmentation=False -> nnUNet_cl_val_mirroring=0). Calibration: README, Results.
     # Pre-training 250 x 32 for every method: SuperCL, the slowest, took 1.94 s per step at batch 32 in
     # `nnunet_cl speed` on the idle machine (4.4x a supervised step) -> ~8.5 min; PCL ~1.4 min.
     "cpu": Budget("cpu", pretrain_epochs=10, pretrain_iters_per_epoch=25, pretrain_batch_size=32,

@@ -80,6 +80,11 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -5,6 +5,9 @@ Budget environment variables (unset: nnU-Net's own recipe):
 ``nnUNet_cl_num_val_iterations_per_epoch``; ``nnUNet_cl_save_every`` (epochs between checkpoint_latest.pth).
 ``nnUNet_cl_num_threads`` sets torch's CPU threads (nnUNetv2_train otherwise uses one per core, which on a
 machine shared with other jobs makes OpenMP threads spin).
+``nnUNet_cl_val_mirroring=0`` runs the final validation without test-time mirroring (4x fewer forward passes
+for 2d; used by the benchmark's ``cpu`` preset). The checkpoint keeps the mirror axes, so ``nnUNetv2_predict``
+still mirrors unless given ``--disable_tta``.
 """
 
 from __future__ import annotations
@@ -88,6 +91,21 @@ class nnUNetTrainerCL(nnUNetTrainer):
                                "unlabeled_cases": sorted(set(train) - set(labeled))},
                               os.path.join(self.output_folder, "labeled_cases.json"))
         return labeled, val
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        value = os.environ.get("nnUNet_cl_val_mirroring", "1")
+        if value not in ("0", "1"):
+            raise NnunetClError(f"nnUNet_cl_val_mirroring={value!r} must be 0 (no mirroring in the final validation) "
+                                f"or 1 (nnU-Net's default)")
+        if value == "1":
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("Final validation without test-time mirroring (nnUNet_cl_val_mirroring=0)")
+        mirror_axes = self.inference_allowed_mirroring_axes
+        self.inference_allowed_mirroring_axes = None
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = mirror_axes
 
     def save_checkpoint(self, filename: str) -> None:
         # nnU-Net writes in place; a crash mid-write would leave a truncated file. Write aside, then rename.

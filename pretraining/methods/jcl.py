@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_cl import distributed
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.heads import InstanceProjectionHead, PixelProjectionHead
 from nnunet_cl.losses import multi_positive_info_nce
@@ -123,6 +124,7 @@ def equivariance_loss(dominant_bottleneck: torch.Tensor, auxiliary_bottleneck: t
 class JCL(PretrainingMethod):
     name = "jcl"
     trainer_name = "JCL"
+    supports_distributed = True   # projections and bottlenecks are gathered: every term sees the global batch
     default_options = {"k": 2, "lambda_global": 1.0, "lambda_dense": 0.5, "lambda_er": 1.0, "temperature": 0.1,
                        "position_threshold": 0.1, "projection_dim": 128, "pixel_projection_dim": 128,
                        "crop": "auto"}
@@ -184,10 +186,15 @@ class JCL(PretrainingMethod):
     def compute_loss(self, network, batch):
         dominant_bottleneck, decoded = self.dominant_branch(network, batch["dominant"])
         auxiliary_bottleneck = network.encoder(batch["auxiliary"])[-1]
-        # view-major: rows 0..B-1 dominant, B..2B-1 auxiliary
-        instance = torch.cat([self.dominant_instance_head(decoded), self.auxiliary_instance_head(auxiliary_bottleneck)])
-        pixel = torch.cat([self.dominant_pixel_head(decoded), self.auxiliary_pixel_head(auxiliary_bottleneck)])
-        positives = positional_positive_mask(batch["positions"], n_views=2,
+        # view-major: rows 0..B-1 dominant, B..2B-1 auxiliary; under torchrun the global batch of all ranks
+        instance = distributed.gather_views(torch.cat([self.dominant_instance_head(decoded),
+                                                       self.auxiliary_instance_head(auxiliary_bottleneck)]), n_views=2)
+        pixel = distributed.gather_views(torch.cat([self.dominant_pixel_head(decoded),
+                                                    self.auxiliary_pixel_head(auxiliary_bottleneck)]), n_views=2)
+        # L_ER is a mean over elements: gathering both bottlenecks makes it the global batch's mean too
+        dominant_bottleneck = distributed.gather(dominant_bottleneck)
+        auxiliary_bottleneck = distributed.gather(auxiliary_bottleneck)
+        positives = positional_positive_mask(distributed.gather(batch["positions"]), n_views=2,
                                              threshold=self.options["position_threshold"]).to(instance.device)
         temperature = self.options["temperature"]
         global_loss = multi_positive_info_nce(instance, positives, temperature=temperature)

@@ -28,7 +28,8 @@ Choices where the paper / public code are silent or differ (documented here, tes
   the public stage 1 is NT-Xent with tau 0.5 on a 512 -> 256 head.
 * Stage-2 batch: ``stage2_batch_size`` slices per process (default 4 = ``run_coseg.sh``; 0 = the
   engine's batch), drawn uniformly from the labelled cases; a batch without foreground gives a zero
-  loss (as the public code's skip). Under torchrun each process contrasts its own pixels (no gather).
+  loss (as the public code's skip). Under torchrun the projected maps and labels of every process are
+  gathered, so the contrast runs over the global stage-2 batch (processes x ``stage2_batch_size``).
 * Views: the package's pixel-aligned intensity pipeline (brightness, contrast, gamma, blur, noise);
   the public code uses brightness, gamma and noise.
 * Projection head: the package's ``PixelProjectionHead`` (1x1 conv -> ReLU -> 1x1 conv,
@@ -46,6 +47,7 @@ import math
 import numpy as np
 import torch
 
+from nnunet_cl import distributed
 from nnunet_cl.decoder_features import DecoderFeatureTap, decoder_output_channels
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.heads import PixelProjectionHead
@@ -65,6 +67,7 @@ GLOBAL_METHODS = ("simclr", "pcl")
 class SemiLocal(PretrainingMethod):
     name = "semi_local"
     trainer_name = "SemiLocal"
+    supports_distributed = True   # stage 1: SimCLR / PCL gather; stage 2 gathers maps and labels below
     pretrained_prefixes = ("encoder.", "decoder.stages.", "decoder.transpconvs.")
     label_fractions = (0.1, 0.25)
     # A "module:Class" string: this module must not import nnunet_cl.trainers (import cycle with its registry).
@@ -170,8 +173,9 @@ class SemiLocal(PretrainingMethod):
             return loss, {"global": float(loss.detach()), "local": math.nan}
         with self.tap:
             network(batch["views"])
-        embeddings = self.local_head(self.tap.pop())
+        embeddings = distributed.gather_views(self.local_head(self.tap.pop()), n_views=2)
+        labels = distributed.gather(batch["labels"])
         o = self.options
-        loss = supervised_local_contrast(embeddings, tile_views(batch["labels"], 2), o["strategy"], o["stride"],
+        loss = supervised_local_contrast(embeddings, tile_views(labels, 2), o["strategy"], o["stride"],
                                          o["block_size"], o["temperature"])
         return loss, {"global": math.nan, "local": float(loss.detach())}

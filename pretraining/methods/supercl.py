@@ -44,6 +44,7 @@ import sys
 import numpy as np
 import torch
 
+from nnunet_cl import distributed
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.losses import multi_positive_info_nce
 from nnunet_cl.losses.asp import average_superpixel_map
@@ -82,7 +83,7 @@ def cache_processes() -> int:
 
 @register
 class SuperCL(PCL):
-    supports_distributed = False  # ILCP / CCL do not gather across ranks yet
+    supports_distributed = True   # z, feature maps and superpixels are gathered: ILCP and CCL see the global batch
     name = "supercl"
     trainer_name = "SuperCL"
     default_lr = 0.01
@@ -111,8 +112,11 @@ class SuperCL(PCL):
         self.uses_instance_views = self.options["lambda_ins"] > 0 or self.options["lambda_inter"] > 0
         self.superpixels = None
         if self.uses_fixed_views:
-            # "nnunet_cl pretrain -m supercl" computes the cache first if it is missing.
-            build_superpixel_cache(context.data_folder, self.slic_parameters, num_processes=cache_processes())
+            # "nnunet_cl pretrain -m supercl" computes the cache first if it is missing (under torchrun
+            # rank 0 builds it while the others wait).
+            if distributed.is_main_process():
+                build_superpixel_cache(context.data_folder, self.slic_parameters, num_processes=cache_processes())
+            distributed.barrier()
         self.reset_statistics()
 
     # ------------------------------------------------------------------ options and geometry
@@ -176,15 +180,18 @@ class SuperCL(PCL):
     def compute_loss(self, network, batch):
         options, temperature = self.options, self.options["temperature"]
         terms, total = {}, 0.0
+        # Under torchrun every term sees the global batch (all ranks, view-major; nnunet_cl.distributed).
+        global_batch = dict(batch, positions=distributed.gather(batch["positions"]))
         if self.uses_instance_views:
-            z = self.instance_projections(network, batch["views"])
+            z = distributed.gather_views(self.instance_projections(network, batch["views"]), n_views=2)
         if options["lambda_ins"] > 0:
-            ins = multi_positive_info_nce(z, self.positive_mask(batch).to(z.device), temperature=temperature)
+            ins = multi_positive_info_nce(z, self.positive_mask(global_batch).to(z.device), temperature=temperature)
             total = total + options["lambda_ins"] * ins
             terms["ins"] = float(ins.detach())
         if self.uses_fixed_views:
             fixed = encoder_stage_outputs(network.encoder, batch["fixed_views"], self.stage)[-1]
-            superpixels = batch["superpixels"].to(fixed.device)
+            fixed = distributed.gather_views(fixed, n_views=2)
+            superpixels = distributed.gather(batch["superpixels"].to(fixed.device))
             view1, view2 = fixed.chunk(2)
         if options["lambda_intra"] > 0:
             intra, _ = ilcp_loss(view1, view2, superpixels, temperature, stride=options["ilcp_stride"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from nnunet_cl import distributed
 from nnunet_cl.graph_labels import nearest_neighbour_components
 from nnunet_cl.heads import InstanceProjectionHead
 from nnunet_cl.losses import multi_positive_info_nce
@@ -46,7 +47,7 @@ def graph_loss(graph_embeddings: torch.Tensor, temperature: float) -> torch.Tens
 
 @register
 class WCL(InstanceContrastMethod):
-    supports_distributed = False  # its graph loss does not gather yet
+    supports_distributed = True   # both heads' projections are gathered: graphs over the global batch
     name = "wcl"
     trainer_name = "WCL"
     default_options = {**InstanceContrastMethod.default_options, "graph_weight": 1.0}
@@ -62,10 +63,13 @@ class WCL(InstanceContrastMethod):
     def compute_loss(self, network, batch):
         bottleneck = network.encoder(batch["views"])[-1]
         temperature = self.options["temperature"]
-        instance = self.instance_head(bottleneck)
-        instance_loss = multi_positive_info_nce(instance, self.positive_mask(batch).to(instance.device),
+        # Under torchrun: the global batch of every rank, view-major (see nnunet_cl.distributed).
+        instance = distributed.gather_views(self.instance_head(bottleneck), n_views=2)
+        global_batch = dict(batch, positions=distributed.gather(batch["positions"]))
+        instance_loss = multi_positive_info_nce(instance, self.positive_mask(global_batch).to(instance.device),
                                                 temperature=temperature)
-        graph = self.graph_head(bottleneck).unflatten(0, (2, -1))      # view-major rows -> [2, B, D]
+        graph = distributed.gather_views(self.graph_head(bottleneck), n_views=2)
+        graph = graph.unflatten(0, (2, -1))                             # view-major rows -> [2, B, D]
         weak_label_loss = graph_loss(graph, temperature)
         total = instance_loss + self.options["graph_weight"] * weak_label_loss
         return total, {"instance": float(instance_loss.detach()), "graph": float(weak_label_loss.detach())}
