@@ -102,6 +102,9 @@ CASES = [
     ("checkpoint of another method", other_method_checkpoint, ("pre-trained with method 'pcl', not 'simclr'",)),
     ("budget variable not a number", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
                                                    {"nnUNet_cl_num_epochs": "zero"}), ("nnUNet_cl_num_epochs='zero'",)),
+    ("validation mirroring not 0/1", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                                   {"nnUNet_cl_val_mirroring": "no"}),
+     ("nnUNet_cl_val_mirroring='no' must be 0",)),
 ]
 
 

@@ -55,6 +55,7 @@ def test_finetune_from_pretrained_encoder_then_predict(synthetic_env, pcl_checkp
     folder = fold_dir(synthetic_env, trainer)
     log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
     assert "nnunet_cl: loaded" in log and "['encoder.']" in log
+    assert "without test-time mirroring" not in log     # nnU-Net's default validation
     subset = json.load(open(os.path.join(folder, "labeled_cases.json")))
     assert subset["label_fraction"] == 0.25 and len(subset["labeled_cases"]) == 2  # round(0.25 * 8)
     assert not set(subset["labeled_cases"]) & set(subset["unlabeled_cases"])
@@ -75,10 +76,16 @@ def test_finetune_from_pretrained_encoder_then_predict(synthetic_env, pcl_checkp
 def test_scratch_baseline_does_not_start_from_the_pretrained_encoder(synthetic_env, pcl_checkpoint):
     trainer = "nnUNetTrainerScratch_25pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
-                      **synthetic_env.ext_trainer())
+                      nnUNet_cl_val_mirroring="0", **synthetic_env.ext_trainer())
     folder = fold_dir(synthetic_env, trainer)
-    finetuned = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
-                           weights_only=False)["network_weights"]
+    final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    finetuned = final["network_weights"]
+    # nnUNet_cl_val_mirroring=0: the final validation ran unmirrored, the checkpoint keeps the mirror axes
+    # for nnUNetv2_predict.
+    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    assert "Final validation without test-time mirroring" in log
+    assert final["inference_allowed_mirroring_axes"] is not None
+    assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
     pretrained = torch.load(pcl_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
     assert abs(encoder_cosine(finetuned, pretrained)) < 0.5
     # Same fold and fraction -> the same labelled subset as the Init trainer.

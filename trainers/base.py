@@ -63,6 +63,10 @@ class nnUNetTrainerCL(nnUNetTrainer):
             value = _positive_int_env(variable)
             if value is not None:
                 setattr(self, attribute, value)
+        self.validation_mirroring = os.environ.get("nnUNet_cl_val_mirroring", "1")
+        if self.validation_mirroring not in ("0", "1"):
+            raise NnunetClError(f"nnUNet_cl_val_mirroring={self.validation_mirroring!r} must be 0 (no mirroring in the "
+                                f"final validation) or 1 (nnU-Net's default)")
         threads = _positive_int_env("nnUNet_cl_num_threads")
         if threads is not None:
             torch.set_num_threads(threads)
@@ -93,11 +97,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
         return labeled, val
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        value = os.environ.get("nnUNet_cl_val_mirroring", "1")
-        if value not in ("0", "1"):
-            raise NnunetClError(f"nnUNet_cl_val_mirroring={value!r} must be 0 (no mirroring in the final validation) "
-                                f"or 1 (nnU-Net's default)")
-        if value == "1":
+        if self.validation_mirroring == "1":
             return super().perform_actual_validation(save_probabilities)
         self.print_to_log_file("Final validation without test-time mirroring (nnUNet_cl_val_mirroring=0)")
         mirror_axes = self.inference_allowed_mirroring_axes
