@@ -118,3 +118,61 @@ def test_same_seed_same_first_ten_losses(synthetic_env):
                       ["iteration_loss"][:10])
     assert len(losses[0]) == 10
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_sigkill_and_resume_pseudo_label_finetuning(synthetic_env):
+    """The fine-tuning trainer with extra state (contrastive head, pseudo-label rounds): killed right after a
+    checkpoint that holds a pseudo-label round and again at a random moment, then resumed with nnU-Net's --c."""
+    import json
+    trainer, epochs = "nnUNetTrainerPseudoLabelCL_10pct", 6
+    fold_folder = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_1")
+    latest = os.path.join(fold_folder, "checkpoint_latest.pth")
+    extra = dict(synthetic_env.ext_trainer(), nnUNet_cl_num_epochs=epochs, nnUNet_cl_save_every=1,
+                 nnUNet_cl_pseudo_phase1_iterations=1, nnUNet_cl_pseudo_label_every=3, nnUNet_cl_num_threads=1)
+    args = [console_script("nnUNetv2_train"), "990", "2d", "1", "-tr", trainer, "-device", "cpu"]
+
+    def launch(*more):
+        return subprocess.Popen(args + list(more), env=synthetic_env.env(**extra), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(proc):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    # 1) killed right after the first checkpoint that carries a pseudo-label round
+    proc = launch()
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(latest) and load(latest).get("pseudo_label_state", {}).get("round"):
+            break
+        time.sleep(0.2)
+    kill(proc)
+    first = load(latest)
+    assert first["pseudo_label_state"]["round"] >= 1 and first["current_epoch"] < epochs, first["current_epoch"]
+    assert "contrastive_head" in first
+
+    # 2) resumed, killed at a random later moment; 3) resumed to the end
+    proc = launch("--c")
+    time.sleep(random.uniform(5, 20))
+    kill(proc)
+    # what a kill during a checkpoint write leaves behind (nnU-Net's file written aside, or our atomic temp)
+    for stale in ("checkpoint_latest.pth.nnunet.tmp", ".checkpoint_latest.pth.abc123.tmp"):
+        open(os.path.join(fold_folder, stale), "wb").write(b"truncated")
+    result = subprocess.run(args + ["--c"], env=synthetic_env.env(**extra), capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    final = load(os.path.join(fold_folder, "checkpoint_final.pth"))
+    assert final["current_epoch"] == epochs
+    assert len(final["logging"]["train_losses"]) == epochs          # no epoch lost or logged twice
+    # 2 iterations per epoch (TINY_BUDGET): phase 1 = iteration 0, then a round every 3 iterations
+    rounds = json.load(open(os.path.join(fold_folder, "pseudo_labels", "rounds.json")))
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    assert [r["iteration"] for r in rounds] == [1 + 3 * i for i in range(len(rounds))]
+    assert final["pseudo_label_state"] == {"round": rounds[-1]["round"], "estimated_at": rounds[-1]["iteration"]}
+    assert final["contrastive_head"].keys() == first["contrastive_head"].keys()
+    # nothing truncated or temporary is left; every checkpoint loads
+    leftovers = [f for _, _, files in os.walk(fold_folder) for f in files if f.endswith(".tmp")]
+    assert not leftovers, leftovers
+    for path in glob.glob(os.path.join(fold_folder, "*.pth")):
+        load(path)

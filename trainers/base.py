@@ -107,6 +107,19 @@ class nnUNetTrainerCL(nnUNetTrainer):
         finally:
             self.inference_allowed_mirroring_axes = mirror_axes
 
+    def on_train_start(self):
+        self.remove_stale_checkpoint_temps()
+        super().on_train_start()
+
+    def remove_stale_checkpoint_temps(self) -> None:
+        """Temp files of checkpoint writes that a killed run left behind (never a complete checkpoint)."""
+        if self.local_rank != 0 or not os.path.isdir(self.output_folder):
+            return
+        for name in os.listdir(self.output_folder):
+            if name.endswith(".tmp") and "checkpoint_" in name:
+                os.remove(os.path.join(self.output_folder, name))
+                self.print_to_log_file(f"removed {name}, left by an interrupted checkpoint write")
+
     def save_checkpoint(self, filename: str) -> None:
         # nnU-Net writes in place; a crash mid-write would leave a truncated file. Write aside, then rename.
         tmp = filename + ".tmp"
