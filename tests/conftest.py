@@ -3,6 +3,7 @@ preprocessed once per session through the real ``nnUNetv2_plan_and_preprocess``.
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -21,6 +22,12 @@ TINY_BUDGET = {
     "nnUNet_cl_num_val_iterations_per_epoch": "1",
     "nnUNet_cl_batch_size": "2",
 }
+
+
+def training_log(folder: str) -> str:
+    """The newest ``training_log_*.txt`` of a fold folder: in-process trainers of other tests (e.g. label-subset
+    checks) may have left older, shorter logs there, and glob order is arbitrary."""
+    return open(max(glob.glob(os.path.join(folder, "training_log_*.txt")), key=os.path.getmtime)).read()
 
 
 def console_script(name: str) -> str:

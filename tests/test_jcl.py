@@ -2,7 +2,6 @@
 reference and a hand-computed case, the batch, and pre-training -> JCL Init trainer."""
 
 import copy
-import glob
 import math
 import os
 from types import SimpleNamespace
@@ -18,6 +17,7 @@ from nnunet_cl.errors import NnunetClError
 from nnunet_cl.losses import multi_positive_info_nce
 from nnunet_cl.masks import positional_positive_mask
 from nnunet_cl.pretraining.methods.jcl import JCL, equivariance_loss
+from tests.conftest import training_log
 from tests.test_dense_positional import naive_dense_loss
 from tests.test_info_nce import naive_info_nce
 
@@ -238,7 +238,7 @@ def test_finetune_with_jcl_init_10pct(synthetic_env, jcl_checkpoint):
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       **synthetic_env.ext_trainer())
     folder = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_0")
-    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    log = training_log(folder)
     assert "nnunet_cl: loaded" in log and "'decoder.stages.1.'" in log and "(method jcl)" in log
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
 

@@ -12,6 +12,8 @@ import os
 import pytest
 import torch
 
+from tests.conftest import training_log
+
 pytestmark = pytest.mark.integration
 
 
@@ -26,11 +28,6 @@ def results_dir(env, folder):
 
 def fold_dir(env, trainer, fold=0):
     return os.path.join(results_dir(env, f"{trainer}__nnUNetPlans__2d"), f"fold_{fold}")
-
-
-def training_log(folder):
-    """The log of the last run in ``folder`` (in-process trainers of other tests may have left older logs)."""
-    return open(max(glob.glob(os.path.join(folder, "training_log_*.txt")), key=os.path.getmtime)).read()
 
 
 def cosine(state_a, state_b, prefix):

@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from tests.conftest import training_log
+
 pytestmark = pytest.mark.integration
 
 
@@ -53,7 +55,7 @@ def test_finetune_from_pretrained_encoder_then_predict(synthetic_env, pcl_checkp
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       **synthetic_env.ext_trainer())
     folder = fold_dir(synthetic_env, trainer)
-    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    log = training_log(folder)
     assert "nnunet_cl: loaded" in log and "['encoder.']" in log
     assert "without test-time mirroring" not in log     # nnU-Net's default validation
     subset = json.load(open(os.path.join(folder, "labeled_cases.json")))
@@ -82,7 +84,7 @@ def test_scratch_baseline_does_not_start_from_the_pretrained_encoder(synthetic_e
     finetuned = final["network_weights"]
     # nnUNet_cl_val_mirroring=0: the final validation ran unmirrored, the checkpoint keeps the mirror axes
     # for nnUNetv2_predict.
-    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    log = training_log(folder)
     assert "Final validation without test-time mirroring" in log
     assert final["inference_allowed_mirroring_axes"] is not None
     assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))

@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from tests.conftest import training_log
+
 pytestmark = pytest.mark.integration
 
 
@@ -30,8 +32,8 @@ def test_supercl_pretrain_and_finetune(synthetic_env, tmp_path):
                       **synthetic_env.ext_trainer())
     fold = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_0")
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
-    training_log = "".join(open(f).read() for f in glob.glob(os.path.join(fold, "training_log_*.txt")))
-    assert "nnunet_cl: loaded" in training_log and "supercl" in training_log
+    log = training_log(fold)
+    assert "nnunet_cl: loaded" in log and "supercl" in log
     assert len(json.load(open(os.path.join(fold, "labeled_cases.json")))["labeled_cases"]) == 1
 
     png = tmp_path / "superpixels.png"
