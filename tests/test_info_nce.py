@@ -124,3 +124,97 @@ def test_module_wrapper_and_gradient_direction():
         stepped = z - 0.1 * z.grad
         after = torch.cosine_similarity(stepped[0], stepped[2], dim=0)
     assert after > before
+
+
+# ----------------------------------------------------------------------------- equal-label positives
+def label_masks(labels):
+    """The mask form of ``positive_labels``: same label positive, negative labels ignored entirely."""
+    valid = labels >= 0
+    pair_valid = valid[..., :, None] & valid[..., None, :]
+    return (labels[..., :, None] == labels[..., None, :]) & pair_valid, pair_valid
+
+
+@pytest.fixture(params=["single-block path", "batched path"])
+def pairwise_path(request, monkeypatch):
+    """PairwiseLogSumExp compacts one large block at a time, or batches small blocks with masking; the
+    buffer size decides which, so both are forced here on small inputs."""
+    from nnunet_cl.losses.info_nce import PairwiseLogSumExp
+    monkeypatch.setattr(PairwiseLogSumExp, "BUFFER_ELEMENTS", 1 if request.param == "single-block path" else 1 << 20)
+    return request.param
+
+
+def test_equal_labels_match_naive_double_loop(pairwise_path):
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(3, 9, 4, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (3, 9), generator=g)
+    labels[0, :3] = -1                      # ignored rows: neither anchors nor candidates
+    labels[1, 4] = 9                        # a singleton: no positive, but a candidate of the others
+    labels[2, :8] = -1                      # one valid row left: no candidate at all (finite, unused)
+    weights = torch.rand(3, 9, generator=g, dtype=torch.float64)
+    got = multi_positive_info_nce(z, positive_labels=labels, temperature=0.3, anchor_weights=weights)
+    total, weight_sum = 0.0, 0.0
+    for b in range(3):
+        mask, pair_valid = label_masks(labels[b])
+        per_block_weights = weights[b] * (labels[b] >= 0)
+        # naive_info_nce returns the weighted mean of a block; recover the weighted sum.
+        has_pos = [(mask[i] & (torch.arange(9) != i)).any() and per_block_weights[i] > 0 for i in range(9)]
+        block_weight = float(sum(per_block_weights[i] for i in range(9) if has_pos[i]))
+        if block_weight:
+            mean = naive_info_nce(z[b], mask, 0.3, denominator_mask=pair_valid, anchor_weights=per_block_weights)
+            total += mean * block_weight
+            weight_sum += block_weight
+    assert got.item() == pytest.approx(total / weight_sum, rel=1e-9)
+
+
+def test_equal_labels_equal_the_mask_form_in_value_and_gradient(pairwise_path):
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(4, 12, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(-1, 4, (4, 12), generator=g)
+    mask, pair_valid = label_masks(labels)
+    z_labels, z_mask = z.clone().requires_grad_(), z.clone().requires_grad_()
+    by_labels = multi_positive_info_nce(z_labels, positive_labels=labels, temperature=0.2, tau_base=0.07)
+    by_mask = multi_positive_info_nce(z_mask, mask, temperature=0.2, denominator_mask=pair_valid,
+                                      anchor_weights=(labels >= 0).double(), tau_base=0.07)
+    assert by_labels.item() == pytest.approx(by_mask.item(), rel=1e-10)
+    by_labels.backward()
+    by_mask.backward()
+    torch.testing.assert_close(z_labels.grad, z_mask.grad, rtol=1e-9, atol=1e-12)
+    per_anchor = multi_positive_info_nce(z, positive_labels=labels, temperature=0.2, reduction="none")
+    torch.testing.assert_close(per_anchor, multi_positive_info_nce(z, mask, temperature=0.2, denominator_mask=pair_valid,
+                                                                   anchor_weights=(labels >= 0).double(),
+                                                                   reduction="none"))
+
+
+def test_pairwise_logsumexp_gradcheck(pairwise_path):
+    from nnunet_cl.losses.info_nce import PairwiseLogSumExp
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[True] * 6, [True, False, True, True, False, True]])
+    assert torch.autograd.gradcheck(lambda x: PairwiseLogSumExp.apply(x, valid, 0.5), (z,))
+
+
+def test_equal_labels_hand_computed():
+    # The three-sample case above as labels: rows 0 and 1 share label 0, row 2 is alone (label 1).
+    z = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    got = multi_positive_info_nce(z, positive_labels=torch.tensor([0, 0, 1]), temperature=1.0)
+    assert got.item() == pytest.approx(math.log(1 + math.e) - 1, abs=1e-6)
+    # An ignored third row leaves each anchor only its positive: -(1 - log e^1) = 0.
+    alone = multi_positive_info_nce(z, positive_labels=torch.tensor([0, 0, -1]), temperature=1.0)
+    assert alone.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_equal_labels_without_any_positive_give_zero_with_gradient():
+    z = torch.randn(2, 4, 3, requires_grad=True)
+    loss = multi_positive_info_nce(z, positive_labels=torch.arange(8).reshape(2, 4), temperature=0.1)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.all(z.grad == 0)
+
+
+def test_equal_labels_reject_a_mask_too_or_a_contrast_set():
+    z = torch.randn(4, 3)
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="exactly one"):
+        multi_positive_info_nce(z, torch.ones(4, 4, dtype=torch.bool), positive_labels=labels)
+    with pytest.raises(ValueError, match="contrast"):
+        multi_positive_info_nce(z, positive_labels=labels, contrast=z)

@@ -4,7 +4,8 @@ The pixels of one encoder stage's feature map, from two pixel-aligned (intensity
 of an image, are the anchors. Positives: pixels of the same superpixel, in either view (self
 excluded); negatives: the pixels of the other superpixels **of the same image** (as the reference
 code, which loops over the images). Each image is one block of the shared kernel's batched matmul
-(``[B, 2P, C]``), so the whole batch is one call and no Python loop runs per image or pixel.
+(``[B, 2P, C]``), so the whole batch is one call and no Python loop runs per image or pixel; the
+positives go in as labels (the kernel's equal-label form), so no ``[B, 2P, 2P]`` mask is built.
 
 Choices:
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from nnunet_cl.losses.info_nce import multi_positive_info_nce
-from nnunet_cl.masks import equal_label_mask
 
 
 def ilcp_pixels(view1: torch.Tensor, view2: torch.Tensor, superpixels: torch.Tensor, stride: int = 1):
@@ -35,25 +35,9 @@ def ilcp_pixels(view1: torch.Tensor, view2: torch.Tensor, superpixels: torch.Ten
     if stride < 1:
         raise ValueError(f"ILCP stride must be >= 1, got {stride}")
     kept = slice(None, None, stride)
-    pixels = torch.cat([view1.flatten(2)[..., kept], view2.flatten(2)[..., kept]], dim=2).transpose(1, 2)
+    pixels = torch.cat([view1.flatten(2)[..., kept], view2.flatten(2)[..., kept]], dim=2).transpose(1, 2).contiguous()
     labels = superpixels.flatten(1)[:, kept].long()
     return pixels, torch.cat([labels, labels], dim=1)
-
-
-def ilcp_masks(labels: torch.Tensor):
-    """``labels [B, N]`` (0 = padding) -> positive mask, denominator mask (or None) and anchor weights
-    (or None) for the kernel, plus ``[B]`` whether each image takes part (has two superpixels)."""
-    valid = labels > 0
-    big = torch.iinfo(labels.dtype).max
-    lowest = torch.where(valid, labels, torch.full_like(labels, big)).amin(dim=1)
-    highest = torch.where(valid, labels, torch.zeros_like(labels)).amax(dim=1)
-    has_negatives = highest > lowest          # >= 2 distinct superpixels among the valid pixels
-    pair_valid = valid[:, :, None] & valid[:, None, :]
-    positives = equal_label_mask(labels) & pair_valid
-    all_valid = bool(valid.all())
-    denominator = None if all_valid else pair_valid
-    anchor_weights = None if all_valid and bool(has_negatives.all()) else (valid & has_negatives[:, None]).float()
-    return positives, denominator, anchor_weights, has_negatives
 
 
 def ilcp_loss(view1: torch.Tensor, view2: torch.Tensor, superpixels: torch.Tensor, temperature: float = 0.1,
@@ -63,7 +47,14 @@ def ilcp_loss(view1: torch.Tensor, view2: torch.Tensor, superpixels: torch.Tenso
     Returns the loss and the number of images that took part.
     """
     pixels, labels = ilcp_pixels(view1, view2, superpixels, stride)
-    positives, denominator, anchor_weights, has_negatives = ilcp_masks(labels.to(pixels.device))
-    loss = multi_positive_info_nce(pixels, positives, temperature=temperature, denominator_mask=denominator,
+    labels = labels.to(pixels.device)
+    valid = labels > 0
+    big = torch.iinfo(labels.dtype).max
+    lowest = torch.where(valid, labels, torch.full_like(labels, big)).amin(dim=1)
+    highest = torch.where(valid, labels, torch.zeros_like(labels)).amax(dim=1)
+    has_negatives = highest > lowest          # >= 2 distinct superpixels among the valid pixels
+    anchor_weights = None if bool(has_negatives.all()) else has_negatives[:, None].expand_as(labels).float()
+    # Equal-label positives in the kernel: no [B, 2P, 2P] mask is built; padding (0) becomes -1 = ignored.
+    loss = multi_positive_info_nce(pixels, positive_labels=labels - 1, temperature=temperature,
                                    anchor_weights=anchor_weights, tau_base=tau_base)
     return loss, int(has_negatives.sum())
