@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-import torch
 
 from nnunet_cl.checkpoint import save_checkpoint
 from nnunet_cl.nnunet_context import architecture_fingerprint
