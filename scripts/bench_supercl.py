@@ -11,8 +11,9 @@ needed builds) the real cache. Reports:
 2. one SuperCL pre-training step (``Pretrainer.train_step``) vs one supervised nnU-Net step
    (``nnUNetTrainer.train_step``, same network and batch), the share of the three loss terms, the
    per-term cost, and the batch preparation (augmentation + superpixel crops) on its own;
-3. ILCP vectorised (one batched kernel call) vs a naive loop over images and pixels, batch 16,
-   1024 pixels per image (32 x 32, 128 channels: the paper's setting);
+3. ILCP vectorised (one batched kernel call, equal-label form) vs a naive loop over images and pixels
+   and vs the kernel's mask form, batch 16, 1024 pixels per image (32 x 32, 128 channels: the
+   paper's setting);
 4. CCL components per batch with and without the image's own views in the neighbour search.
 """
 
@@ -92,7 +93,20 @@ def bench_cache(context, slices, params, processes: int, resized: int) -> None:
           f"{1e3 * per_slice:.1f} ms CPU per slice -> {1e3 * per_slice / processes:.1f} ms per slice with "
           f"{processes} processes if they scale")
 
-    # Quality of 5 vs 10 SLIC iterations on every 10th case.
+    # Cost per call on one of the dataset's own slices: what is fixed (Python set-up, connectivity) and what
+    # grows with the iterations.
+    data = np.asarray(slices._case(0)[0], np.float32)
+    image = data[:, data.shape[1] // 2]
+    per_call = {}
+    for iterations in (1, params.max_num_iter):
+        p = SlicParameters(params.n_segments, params.patch_size, params.compactness, iterations)
+        per_call[iterations] = median_time(lambda: [slic_slice(image, p) for _ in range(50)], 5) / 50
+    print(f"[cache] one slic call on a {image.shape[1]} x {image.shape[2]} slice: "
+          + ", ".join(f"{1e3 * t:.2f} ms with {i} iteration(s)" for i, t in per_call.items())
+          + f" -> {1e3 * per_call[1] * 256 ** 2 / (image.shape[1] * image.shape[2]):.1f} ms CPU per 256^2-equivalent "
+            f"at 1 iteration")
+
+    # Quality of 3 vs 5 vs 10 SLIC iterations on every 10th case.
     for iterations in sorted({3, params.max_num_iter, 10}):
         p = SlicParameters(params.n_segments, params.patch_size, params.compactness, iterations)
         totals, n_slices, start = np.zeros(4, np.int64), 0, time.process_time()
@@ -244,6 +258,20 @@ def naive_double_loop_forward(view1, view2, superpixels, temperature, anchors_pe
     return total
 
 
+def ilcp_mask_form(view1, view2, superpixels, temperature):
+    """ILCP through ``multi_positive_info_nce``'s mask form: equal-superpixel positives and a validity
+    denominator as explicit ``[B, 2P, 2P]`` masks (every image here has >= 2 superpixels)."""
+    from nnunet_cl.losses import multi_positive_info_nce
+    from nnunet_cl.losses.ilcp import ilcp_pixels
+
+    pixels, labels = ilcp_pixels(view1, view2, superpixels)
+    valid = labels > 0
+    pair_valid = valid[:, :, None] & valid[:, None, :]
+    positives = (labels[:, :, None] == labels[:, None, :]) & pair_valid
+    return multi_positive_info_nce(pixels, positives, temperature=temperature, denominator_mask=pair_valid,
+                                   anchor_weights=valid.float())
+
+
 def bench_ilcp(repeats: int, sampled_anchors: int = 16) -> None:
     from nnunet_cl.losses.ilcp import ilcp_loss
 
@@ -258,11 +286,16 @@ def bench_ilcp(repeats: int, sampled_anchors: int = 16) -> None:
     vectorised_loss, _ = ilcp_loss(view1, view2, superpixels, 0.1)
     naive_loss = naive_ilcp_loop(view1, view2, superpixels, 0.1)
     assert torch.allclose(vectorised_loss, naive_loss, rtol=1e-4), (vectorised_loss, naive_loss)
+    assert torch.allclose(vectorised_loss, ilcp_mask_form(view1, view2, superpixels, 0.1), rtol=1e-5)
     vectorised = median_time(lambda: ilcp_loss(view1, view2, superpixels, 0.1)[0].backward(), repeats)
     naive = median_time(lambda: naive_ilcp_loop(view1, view2, superpixels, 0.1).backward(), 1, warmup=0)
     print(f"[ilcp] batch {B}, {h * w} pixels x 2 views per image, {C} channels, forward+backward: vectorised "
           f"{vectorised:.3f} s, loop over images and anchor pixels (vectorised over candidates) {naive:.2f} s -> "
           f"{naive / vectorised:.1f}x; losses agree ({float(vectorised_loss.detach()):.5f})")
+    mask_form = median_time(lambda: ilcp_mask_form(view1, view2, superpixels, 0.1).backward(), repeats)
+    print(f"[ilcp] the same loss through the kernel's mask form ([B, 2P, 2P] positive and denominator masks, "
+          f"the implementation before the equal-label form): {mask_form:.3f} s forward+backward -> the equal-label "
+          f"form is {mask_form / vectorised:.1f}x faster")
     with torch.no_grad():
         forward = median_time(lambda: ilcp_loss(view1, view2, superpixels, 0.1), repeats)
     start = time.perf_counter()
