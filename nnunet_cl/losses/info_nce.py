@@ -143,14 +143,14 @@ class PairwiseLogSumExp(torch.autograd.Function):
     """``[G, N, D]`` rows, ``[G, N]`` validity -> ``[G, N]``: ``log sum_{j != i, valid j} exp(z_i . z_j / tau)``
     per block, i.e. the denominator of InfoNCE over the other valid rows of each block (0 for invalid rows).
 
-    The ``[N, N]`` similarities are never kept: one block (or a few small ones) at a time is computed
-    into a cache-sized buffer, reduced, and recomputed in the backward pass (one extra matmul). Keeping
+    The ``[N, N]`` similarities are never kept: one block (or a few small ones, up to a cache-sized
+    chunk) at a time is computed, reduced, and recomputed in the backward pass (one extra matmul). Keeping
     them, autograd's way, costs several fresh 100 MB-scale tensors per ILCP step whose page faults and
     memory traffic cost more on CPU than the matmuls. A large block is first compacted to its valid rows,
     so padding costs nothing; small blocks are batched and their invalid entries masked. Excluded entries
     get the dtype's lowest finite value, not -inf, so a row without candidates stays finite (its
     gradient is then multiplied by 0). Compaction also keeps masked entries out of ``exp``: on CPU an
-    exponent that underflows is ~7x slower than an ordinary one.
+    exponent that underflows takes a much slower path than an ordinary one.
     """
 
     BUFFER_ELEMENTS = 1 << 21           # ~8 MB of float32 per chunk: stays in the CPU's cache
@@ -169,9 +169,9 @@ class PairwiseLogSumExp(torch.autograd.Function):
                 yield slice(start, stop), None
 
     @staticmethod
-    def _logits(z, zs, valid, out):
-        """``zs @ z^T`` into ``out`` with self-pairs and invalid candidates excluded."""
-        logits = torch.matmul(zs, z.transpose(-1, -2), out=out)
+    def _logits(z, zs, valid):
+        """``zs @ z^T`` with self-pairs and invalid candidates excluded."""
+        logits = torch.matmul(zs, z.transpose(-1, -2))
         excluded = torch.finfo(logits.dtype).min
         logits.diagonal(dim1=-2, dim2=-1).fill_(excluded)
         if valid is not None and not bool(valid.all()):
@@ -190,16 +190,17 @@ class PairwiseLogSumExp(torch.autograd.Function):
         blocks = blocks.contiguous()
         scaled = blocks / temperature
         result = blocks.new_zeros(valid.shape)
-        for index, rows in PairwiseLogSumExp._chunks(valid):
+        chunks = list(PairwiseLogSumExp._chunks(valid))
+        for index, rows in chunks:
             z, zs, chunk_valid = PairwiseLogSumExp._operands(blocks, scaled, valid, index, rows)
-            logits = PairwiseLogSumExp._logits(z, zs, chunk_valid, out=None)
+            logits = PairwiseLogSumExp._logits(z, zs, chunk_valid)
             lse = torch.logsumexp(logits, dim=-1)
             if rows is None:
                 result[index] = lse
             else:
                 result[index, rows] = lse
         ctx.save_for_backward(blocks, scaled, valid, result)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.chunks = temperature, chunks    # the backward reuses the compaction
         return result
 
     @staticmethod
@@ -207,13 +208,13 @@ class PairwiseLogSumExp(torch.autograd.Function):
         blocks, scaled, valid, result = ctx.saved_tensors
         grad_blocks = torch.zeros_like(blocks)
         grad_scaled = grad_result / ctx.temperature
-        for index, rows in PairwiseLogSumExp._chunks(valid):
+        for index, rows in ctx.chunks:
             z, zs, chunk_valid = PairwiseLogSumExp._operands(blocks, scaled, valid, index, rows)
             lse, grad_lse = result[index], grad_scaled[index]
             if rows is not None:
                 lse, grad_lse = lse[rows], grad_lse[rows]
             # softmax_ij = exp(logit_ij - lse_i) = d lse_i / d logit_ij, with logit_ij = z_i . z_j / tau.
-            weights = PairwiseLogSumExp._logits(z, zs, chunk_valid, out=None)
+            weights = PairwiseLogSumExp._logits(z, zs, chunk_valid)
             weights.sub_(lse.unsqueeze(-1)).exp_().mul_(grad_lse.unsqueeze(-1))
             # d logit_ij = (z_j . dz_i + z_i . dz_j) / tau  ->  grad = (W + W^T) z / tau.
             grad = torch.matmul(weights, z) + torch.matmul(weights.transpose(-1, -2), z)
