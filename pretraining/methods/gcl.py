@@ -14,8 +14,9 @@ Differences from the original TensorFlow code (``domain_specific_cl``), on purpo
   batch of 32 and S = 4 every partition is present with several slices;
 * no all-zero batch slots (the original stitching loop stops one block early and feeds 16 blank
   images as anchors and negatives);
-* the head is the package's GAP -> Linear -> ReLU -> Linear on the bottleneck (the original flattens
-  a fixed 6x6 bottleneck), the augmentations the package's T_var.
+* the head is the package's GAP -> Linear -> batch standardisation -> ReLU -> Linear on the bottleneck
+  (``InstanceProjectionHead``; the original flattens a fixed 6x6 bottleneck), the augmentations the
+  package's T_var.
 """
 
 from __future__ import annotations

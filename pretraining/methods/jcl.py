@@ -32,8 +32,8 @@ Choices where the paper is silent or the code differs (documented here, tested w
   (``crop=auto``) is the plan patch size rounded UP to that multiple (slices smaller than the crop are
   zero-padded, centred, larger ones randomly cropped). The dominant bottleneck must hold more than
   one element (InstanceNorm cannot normalise a single value).
-* Projectors: the package's heads (instance: GAP -> Linear -> ReLU -> Linear; pixel: 1x1 conv ->
-  ReLU -> 1x1 conv), hidden width = input channels, 128-d outputs as in the paper's supplement
+* Projectors: the package's heads (instance: GAP -> Linear -> batch standardisation -> ReLU -> Linear;
+  pixel: 1x1 conv -> ReLU -> 1x1 conv), hidden width = input channels, 128-d outputs as in the paper's supplement
   (its pixel projector uses 3x3 convs with BatchNorm; 1x1 keeps the location-wise comparison local).
   The two branches have separate projectors (g and g~ in the paper).
 * The scale factor tau/tau_base of the public ``SupConLoss`` is not applied (see ``info_nce``).

@@ -24,8 +24,8 @@ Choices where the paper / public code are silent or differ (documented here, tes
   ``stage1_fraction`` 0.5 of the epochs (the public scripts: 100 SimCLR epochs, then 60 local ones);
   ``stage1_fraction=0`` gives the paper's "local only" ablation. The stage boundary is an epoch
   boundary, so every epoch's log line belongs to one stage.
-* Stage 1 is the package's registered SimCLR / PCL with their own defaults (tau 0.1, GAP -> MLP head);
-  the public stage 1 is NT-Xent with tau 0.5 on a 512 -> 256 head.
+* Stage 1 is the package's registered SimCLR / PCL with their own defaults (tau 0.1, GAP -> MLP head with
+  batch standardisation); the public stage 1 is NT-Xent with tau 0.5 on a 512 -> 256 head.
 * Stage-2 batch: ``stage2_batch_size`` slices per process (default 4 = ``run_coseg.sh``; 0 = the
   engine's batch), drawn uniformly from the labelled cases; a batch without foreground gives a zero
   loss (as the public code's skip). Under torchrun the projected maps and labels of every process are

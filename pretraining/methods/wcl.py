@@ -15,9 +15,10 @@ Two projection heads on the pooled bottleneck of two T_var views per slice:
 L = L_instance + graph_weight * L_graph (WCL: weight 1). This is SuperCL's IGCP without ASP: the graph
 is built on the projections themselves rather than on averaged-superpixel maps.
 
-Choices: the package's GAP -> Linear -> ReLU -> Linear heads (WCL's are Linear-BN-ReLU-Linear-BN-
-ReLU-Linear on a ResNet feature); the graph is built on the current batch only (no memory bank, which
-the WCL authors report helps only marginally); WCL's weak-augmentation warm-up is not reproduced.
+Choices: the package's GAP -> Linear -> batch standardisation -> ReLU -> Linear heads (WCL's are
+Linear-BN-ReLU-Linear-BN-ReLU-Linear on a ResNet feature); the graph is built on the current batch
+only (no memory bank, which the WCL authors report helps only marginally); WCL's weak-augmentation
+warm-up is not reproduced.
 """
 
 from __future__ import annotations
