@@ -189,7 +189,12 @@ class Pretrainer:
         if checkpoint["architecture_fingerprint"] != architecture_fingerprint(self.network):
             raise NnunetClError(f"{path} was made for another architecture; start without --c")
         self.network.load_state_dict(checkpoint["network_weights"])
-        self.method.load_state_dict(checkpoint["heads"])
+        try:
+            self.method.load_state_dict(checkpoint["heads"])
+        except RuntimeError:
+            # e.g. a checkpoint from before the instance head gained its batch standardisation (2026-12-02)
+            raise NnunetClError(f"{path} holds projection heads that do not match {self.config.method!r} with "
+                                f"these options or this nnunet_cl version; start without --c") from None
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         self.epoch, self.iteration = checkpoint["current_epoch"], checkpoint["iteration"]
         self.history = checkpoint["logging"]

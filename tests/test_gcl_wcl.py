@@ -1,7 +1,10 @@
 """The GCL and WCL baselines: partition mask, 1-NN-graph weak labels, losses against naive references
 and hand-computed cases, their Init trainers, and one real pre-training step each."""
 
+import dataclasses
+import glob
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -156,3 +159,23 @@ def test_one_pretraining_step_writes_an_encoder_checkpoint(synthetic_context, me
     checkpoint = load_checkpoint(final)
     assert checkpoint["method"] == method and checkpoint["pretrained_prefixes"] == ["encoder."]
     assert all(math.isfinite(v[-1]) for k, v in checkpoint["logging"].items() if k not in ("epoch", "lr"))
+
+
+@pytest.mark.integration
+def test_resume_with_heads_of_another_version_is_one_clear_error(synthetic_context):
+    """--c on a checkpoint whose heads no longer match (e.g. written before the instance head gained its batch
+    standardisation) stops with the fix, not a load_state_dict traceback."""
+    from nnunet_cl.errors import NnunetClError
+    from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
+
+    config = PretrainConfig(dataset="990", method="simclr", epochs=1, iters_per_epoch=1, batch_size=4)
+    trainer = Pretrainer(config)
+    trainer.run()
+    for path in glob.glob(os.path.join(trainer.output_folder, "*.pth")):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint["heads"] = {k.replace("instance_head.mlp.1.", "instance_head.mlp.9."): v
+                               for k, v in checkpoint["heads"].items()}
+        torch.save(checkpoint, path)
+    resumed = Pretrainer(dataclasses.replace(config, continue_training=True))
+    with pytest.raises(NnunetClError, match="projection heads that do not match 'simclr'.*start without --c"):
+        resumed.maybe_resume()
