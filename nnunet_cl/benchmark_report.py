@@ -1,10 +1,16 @@
 """The benchmark's outputs: ``results.csv`` (one row per case x class x run), ``results.md`` (a table
-shaped like the SuperCL paper's Tables I/II) and ``results.png`` (DSC by method and fraction).
+shaped like the SuperCL paper's Tables I/II, with the paired difference to scratch) and ``results.png``
+(DSC by method and fraction, and the paired difference to scratch with its intervals, one panel per fraction).
 
 Aggregation (documented in results.md too): a run's score is the mean over its cases and foreground
 classes (DSC and JC over all pairs; HD95 and ASD over the pairs where they are defined, see
 ``nnunet_cl.metrics``); the table shows mean +- sample standard deviation of the run scores over folds
 (no +- with one fold). DSC and JC are in %, HD95 and ASD in the images' spacing unit (mm for MSD).
+
+Paired difference (``nnunet_cl.paired_stats``): a case's DSC is its mean over foreground classes; every
+method x fraction is compared with scratch at the same fraction on the folds both have, case by case,
+separately for the validation cases and a test folder. ``results.csv`` carries the per-row difference
+(``dsc_minus_scratch``: this row's DSC minus scratch's for the same fold, case and class).
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ from collections import OrderedDict
 import numpy as np
 
 from nnunet_cl.atomic import _atomic_target
-from nnunet_cl.benchmark_plan import fraction_label
+from nnunet_cl.benchmark_plan import REFERENCE_METHOD, fraction_label
+from nnunet_cl.paired_stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, compare
 
 COLUMNS = ["dataset", "method", "trainer", "fraction", "fold", "split", "case", "class", "class_id",
-           "dsc", "jc", "hd95", "asd", "n_ref", "n_pred", "distance_undefined"]
+           "dsc", "jc", "hd95", "asd", "n_ref", "n_pred", "distance_undefined", "dsc_minus_scratch"]
 METRICS = (("dsc", "DSC (%)", 100.0), ("jc", "JC (%)", 100.0), ("hd95", "HD95 (mm)", 1.0), ("asd", "ASD (mm)", 1.0))
 
 
 def write_rows(rows: list, path: str) -> None:
+    rows = with_row_differences(rows)
     with _atomic_target(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -38,7 +46,20 @@ def read_rows(path: str) -> list:
         for key in ("dsc", "jc", "hd95", "asd", "fraction"):
             row[key] = float(row[key])
         row["distance_undefined"] = row["distance_undefined"] in ("True", "true", "1")
+        row.pop("dsc_minus_scratch", None)        # derived: recomputed from the rows written together
     return rows
+
+
+def with_row_differences(rows: list) -> list:
+    """Each row with ``dsc_minus_scratch`` (blank where scratch has no row for that fold, case and class)."""
+    def key(row, method):
+        return row["split"], float(row["fraction"]), method, str(row["fold"]), row["case"], row["class"]
+    reference = {key(r, r["method"]): float(r["dsc"]) for r in rows if r["method"] == REFERENCE_METHOD}
+    out = []
+    for row in rows:
+        partner = reference.get(key(row, REFERENCE_METHOD))
+        out.append(dict(row, dsc_minus_scratch="" if partner is None else float(row["dsc"]) - partner))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
@@ -94,16 +115,51 @@ def table_cells(rows: list) -> "OrderedDict":
     return OrderedDict((k, cells[k]) for k in order)
 
 
+def case_scores(rows: list) -> "OrderedDict":
+    """(split, fraction, method) -> {fold: {case: DSC in %, mean over foreground classes}}."""
+    per_case: OrderedDict = OrderedDict()
+    for row in rows:
+        per_case.setdefault((row["split"], row["fraction"], row["method"]), OrderedDict()) \
+            .setdefault(row["fold"], {}).setdefault(row["case"], []).append(row["dsc"])
+    return OrderedDict((key, OrderedDict((fold, {case: 100.0 * float(np.mean(v)) for case, v in cases.items()})
+                                         for fold, cases in folds.items()))
+                       for key, folds in per_case.items())
+
+
+def paired_to_reference(rows: list) -> "OrderedDict":
+    """(split, fraction, method) -> PairedDifference against scratch, or None when scratch has no shared fold."""
+    scores = case_scores(rows)
+    paired = OrderedDict()
+    for (split, fraction, method), folds in scores.items():
+        reference = scores.get((split, fraction, REFERENCE_METHOD), {})
+        result = compare(folds, reference)
+        paired[(split, fraction, method)] = result if result.folds else None
+    return paired
+
+
+def format_difference(result, folds_of_cell: list) -> list:
+    """The three paired cells of a table row: Δ, bootstrap interval, fold interval."""
+    if result is None:
+        return [f"no {REFERENCE_METHOD} run", "–", "–"]
+    partial = "" if len(result.folds) == len(folds_of_cell) else f" (folds {','.join(map(str, result.folds))})"
+    fold_interval = ("–" if math.isnan(result.fold_low)
+                     else f"[{result.fold_low:+.1f}, {result.fold_high:+.1f}]")
+    return [f"{result.effect:+.1f}{partial}", f"[{result.bootstrap_low:+.1f}, {result.bootstrap_high:+.1f}]",
+            fold_interval]
+
+
 # ---------------------------------------------------------------------------------------------- markdown
 def markdown(rows: list, header_lines: list) -> str:
     lines = list(header_lines)
     cells = table_cells(rows)
     per_class = class_scores(rows)
+    paired = paired_to_reference(rows)
     for split in dict.fromkeys(k[0] for k in cells):
         title = "validation cases of each fold" if split == "val" else "the separate test folder"
         lines += ["", f"### {title.capitalize()}", "",
-                  "| Labeled | Method | " + " | ".join(label for _, label, _ in METRICS) + " | folds | undef. |",
-                  "|---|---|" + "---|" * (len(METRICS) + 2)]
+                  "| Labeled | Method | " + " | ".join(label for _, label, _ in METRICS) + " | folds | undef. | "
+                  f"Δ DSC vs {REFERENCE_METHOD} | 95 % CI (cases) | 95 % CI (folds) |",
+                  "|---|---|" + "---|" * (len(METRICS) + 5)]
         previous_fraction = None
         for (s, fraction, method), cell in cells.items():
             if s != split:
@@ -113,8 +169,9 @@ def markdown(rows: list, header_lines: list) -> str:
             values = [format_mean_sd([sc[m] for sc in cell["scores"]], scale, 2 if scale == 1.0 else 1)
                       for m, _, scale in METRICS]
             undefined = sum(sc["undefined"] for sc in cell["scores"])
+            difference = format_difference(paired[(s, fraction, method)], cell["folds"])
             lines.append(f"| {labeled} | {method} | " + " | ".join(values) +
-                         f" | {','.join(map(str, cell['folds']))} | {undefined} |")
+                         f" | {','.join(map(str, cell['folds']))} | {undefined} | " + " | ".join(difference) + " |")
         classes = list(dict.fromkeys(c for k, v in per_class.items() if k[0] == split for c in v))
         lines += ["", f"DSC (%) per class ({title}):", "",
                   "| Labeled | Method | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
@@ -129,7 +186,17 @@ def markdown(rows: list, header_lines: list) -> str:
     lines += ["", "Each run's score is the mean over its cases and foreground classes; the table shows mean ± "
               "sample standard deviation over folds (no ± with one fold). HD95 and ASD leave out case/class pairs "
               "where exactly one of prediction and reference is empty (distance undefined); \"undef.\" counts them "
-              "(summed over folds). Both empty counts as DSC = JC = 100 %, HD95 = ASD = 0."]
+              "(summed over folds). Both empty counts as DSC = JC = 100 %, HD95 = ASD = 0.",
+              "",
+              f"Δ DSC vs {REFERENCE_METHOD}: paired difference in DSC points to {REFERENCE_METHOD} at the same label "
+              "fraction, on the folds both have (listed when fewer than the method's) and the same cases: the mean "
+              "over folds of the per-fold mean per-case difference (a case's DSC is its mean over foreground "
+              f"classes; {REFERENCE_METHOD}'s own rows are 0 by construction). 95 % CI (cases): percentile "
+              f"bootstrap, resampling unit = case, stratified by fold, {BOOTSTRAP_RESAMPLES} resamples, seed "
+              f"{BOOTSTRAP_SEED}; it covers the choice of evaluation cases for these trained networks only. "
+              "95 % CI (folds): t interval over the per-fold differences (df = folds − 1); each fold trains both "
+              "starts anew, so it includes run-to-run variation (– with one fold). Claim a difference only when "
+              "the fold interval excludes 0."]
     return "\n".join(lines) + "\n"
 
 
@@ -141,16 +208,21 @@ def write_text(text: str, path: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- plot
 def plot_dsc(rows: list, path: str, title: str) -> None:
-    """Grouped bars: DSC (%) per method at each fraction (validation), error bars = sd over folds;
-    a 100 % row (scratch's upper bound) is drawn as a dashed line."""
+    """Left: grouped bars of DSC (%) per method at each fraction (validation), error bars = sd over folds, a
+    100 % row (scratch's upper bound) as a dashed line. Right: one panel per fraction with each method's
+    paired Δ DSC vs scratch (dot), its case-bootstrap interval (thick) and its fold t interval (thin)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cells = {k: v for k, v in table_cells(rows).items() if k[0] == "val"}
+    paired = {k: v for k, v in paired_to_reference(rows).items() if k[0] == "val"}
     fractions = sorted({k[1] for k in cells if k[1] < 1.0})
     methods = list(dict.fromkeys(k[2] for k in cells if k[1] < 1.0))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 + 0.45 * len(methods) * max(1, len(fractions))), 4.5))
+    bar_width = max(6, 1.2 + 0.45 * len(methods) * max(1, len(fractions)))
+    fig, axes = plt.subplots(1, 1 + len(fractions), figsize=(bar_width + 3.2 * len(fractions), 4.8),
+                             gridspec_kw={"width_ratios": [bar_width] + [3.2] * len(fractions)}, squeeze=False)
+    ax = axes[0][0]
     width = 0.8 / max(1, len(methods))
     colours = plt.get_cmap("tab10")
     for i, method in enumerate(methods):
@@ -164,7 +236,7 @@ def plot_dsc(rows: list, path: str, title: str) -> None:
             means.append(mean)
             sds.append(0.0 if math.isnan(sd) else sd)
         ax.bar(xs, means, width, yerr=sds, capsize=3, label=method, color=colours(i % 10))
-    for k, (key, cell) in enumerate((k, v) for k, v in cells.items() if k[1] >= 1.0):
+    for key, cell in ((k, v) for k, v in cells.items() if k[1] >= 1.0):
         mean, _ = mean_sd([sc["dsc"] for sc in cell["scores"]], 100.0)
         ax.axhline(mean, color="k", linestyle="--", linewidth=1, label=f"{key[2]} at 100 % labels")
     ax.set_xticks(range(len(fractions)))
@@ -177,6 +249,29 @@ def plot_dsc(rows: list, path: str, title: str) -> None:
     finite = [m for m in all_means if not math.isnan(m)]
     if finite:
         ax.set_ylim(max(0.0, min(finite) - 15.0), min(100.0, max(finite) + 5.0))
+    for j, fraction in enumerate(fractions):
+        ax = axes[0][1 + j]
+        ax.axvline(0.0, color="k", linewidth=1)
+        shown = []
+        for i, method in enumerate(methods):
+            result = paired.get(("val", fraction, method))
+            if result is None or method == REFERENCE_METHOD:
+                continue
+            y = len(shown)
+            shown.append(method)
+            if not math.isnan(result.fold_low):
+                ax.plot([result.fold_low, result.fold_high], [y + 0.2, y + 0.2], color=colours(i % 10), linewidth=1,
+                        marker="|", markersize=8)
+            ax.plot([result.bootstrap_low, result.bootstrap_high], [y, y], color=colours(i % 10), linewidth=4,
+                    solid_capstyle="butt")
+            ax.plot([result.effect], [y], "o", color="k", markersize=4)
+        ax.set_yticks(range(len(shown)))
+        ax.set_yticklabels(shown, fontsize=8)
+        ax.set_ylim(-0.7, max(0.7, len(shown) - 0.3))
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Δ DSC vs {REFERENCE_METHOD} (points)")
+        ax.set_title(f"{fraction_label(fraction)} labels\n95 % CI: cases (thick), folds (thin)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     with _atomic_target(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
