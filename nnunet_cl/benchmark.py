@@ -39,6 +39,7 @@ from nnunet_cl.benchmark_plan import (DEFAULT_FRACTIONS, PRESETS, Budget, Benchm
                                       discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
                                       pretrain_resumable, run_state, training_done, training_resumable)
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.splits import check_fold_exists
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed")
 # Lines of the children's output echoed to the console (everything goes to the run's log file).
@@ -65,7 +66,7 @@ def add_benchmark_parser(subparsers) -> None:
     p.add_argument("--no-upper-bound", dest="upper_bound", action="store_false",
                    help="do not add scratch at 100 %% labels")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds (default: the preset's)")
-    p.add_argument("--preset", default="cpu", choices=tuple(PRESETS), help="budget preset (default cpu)")
+    p.add_argument("--preset", default="cpu", metavar="|".join(PRESETS), help="budget preset (default cpu)")
     p.add_argument("-o", "--output", default=None,
                    help="benchmark folder (default ./nnunet_cl_benchmark/<Dataset>_<preset>)")
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
@@ -108,11 +109,13 @@ class Benchmark:
         self.current = None
 
     # -------------------------------------------------------------------- environment
+    def output_folder(self) -> str:
+        return os.path.abspath(self.args.output or os.path.join(os.getcwd(), "nnunet_cl_benchmark",
+                                                                f"{self.dataset_name}_{self.budget.name}"))
+
     def setup_environment(self) -> None:
         """OUTPUT/nnUNet_results for every run; raw / preprocessed from the environment, else below OUTPUT."""
-        output = self.args.output or os.path.join(os.getcwd(), "nnunet_cl_benchmark",
-                                                  f"{self.dataset_name}_{self.budget.name}")
-        self.output = os.path.abspath(output)
+        self.output = self.output_folder()
         self.default_data_paths(self.output)
         # This process resolves names through nnU-Net, which reads the variables lazily: set them here too.
         os.environ["nnUNet_results"] = os.path.join(self.output, "nnUNet_results")
@@ -179,6 +182,12 @@ class Benchmark:
         else:
             self.dataset_name = self.resolve_dataset_id(spec)
             self.dataset_id = int(self.dataset_name[7:10])
+        preprocessed = os.environ.get("nnUNet_preprocessed") or os.path.join(self.output_folder(), "nnUNet_preprocessed")
+        for fold in self.budget.folds:
+            check_fold_exists(os.path.join(preprocessed, self.dataset_name), fold)
+        self.with_test = self.args.test_images is not None
+        if self.with_test:
+            self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels, self.file_ending(spec))
         self.setup_environment()
         raw = os.path.join(os.environ["nnUNet_raw"], self.dataset_name)
         if os.path.isdir(spec) and not os.path.isfile(os.path.join(raw, "dataset.json")) and not self.args.list:
@@ -201,6 +210,12 @@ class Benchmark:
         elif state == "preprocess":
             self.execute(["nnUNetv2_preprocess", "-d", self.dataset_id, "-c", "2d", "-plans_name", self.args.plans,
                           "-np", self.args.processes], "preprocess", "preprocess (2d)", training=False)
+
+    def file_ending(self, spec: str) -> str:
+        if os.path.isdir(spec):
+            return ".nii.gz"                    # what nnUNetv2_convert_MSD_dataset writes
+        with open(os.path.join(os.environ["nnUNet_raw"], self.dataset_name, "dataset.json")) as f:
+            return json.load(f)["file_ending"]
 
     # -------------------------------------------------------------------- subprocesses
     def execute(self, args: list, log_name: str, what: str, training: bool = True, total_epochs=None) -> None:
@@ -334,19 +349,15 @@ class Benchmark:
     def run(self) -> None:
         self.prepare_dataset()
         self.layout = BenchmarkLayout(self.output, self.dataset_name, self.args.plans)
-        self.with_test = self.args.test_images is not None
         families = discover_families()
         runs, missing = plan_runs(families, self.args.methods, self.args.fractions, self.budget.folds,
                                   self.args.upper_bound)
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
-        self.pin_budget()
         with open(os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name, "dataset.json")) as f:
             self.dataset_json = json.load(f)
-        if self.with_test:
-            self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels,
-                                                self.dataset_json["file_ending"])
+        self.pin_budget()
         for method, fraction in missing:
             print(f"note: {method} has no trainer for {fraction_label(fraction)} labels; that cell is left out")
         steps = self.steps(runs)
@@ -476,7 +487,13 @@ def check_test_folder(images: str, labels: str, ending: str) -> list:
         raise NnunetClError(f"{images} holds no images named CASE_0000{ending}; use nnU-Net's naming")
     missing = [c for c in cases if not os.path.isfile(os.path.join(labels, c + ending))]
     if missing:
-        raise NnunetClError(f"{len(missing)} test images have no label in {labels} (e.g. {missing[0]}{ending})")
+        raise NnunetClError(f"{len(missing)} test images have no label in {labels} (e.g. {missing[0]}{ending}); "
+                            "give every image its label")
+    label_cases = {os.path.basename(p)[: -len(ending)] for p in glob.glob(os.path.join(labels, "*" + ending))}
+    orphans = sorted(label_cases - set(cases))
+    if orphans:
+        raise NnunetClError(f"{len(orphans)} labels in {labels} have no test image in {images} (e.g. {orphans[0]}"
+                            f"{ending} without {orphans[0]}_0000{ending}); give both folders the same cases")
     return cases
 
 

@@ -34,6 +34,25 @@ def parse_fold(fold):
     return value
 
 
+def check_fold_exists(preprocessed_folder: str, fold) -> None:
+    """A numbered fold must be one of ``splits_final.json``'s, or of the 5 nnU-Net creates when it is missing.
+
+    nnU-Net itself falls back to a random 80:20 split for a fold beyond the file; a typo such as ``-f 7``
+    would then silently train on another split than the user meant.
+    """
+    fold = parse_fold(fold)
+    if fold == "all":
+        return
+    path = os.path.join(preprocessed_folder, "splits_final.json")
+    n_folds, source = 5, "nnU-Net's default split (splits_final.json is created at the first training)"
+    if os.path.isfile(path):
+        with open(path) as f:
+            n_folds, source = len(json.load(f)), path
+    if fold >= n_folds:
+        raise NnunetClError(f"fold {fold} does not exist: {source} has {n_folds} folds (0-{n_folds - 1}); "
+                            "use one of them or 'all'")
+
+
 def load_or_create_splits(preprocessed_folder: str, case_ids) -> list:
     path = os.path.join(preprocessed_folder, "splits_final.json")
     if os.path.isfile(path):

@@ -209,3 +209,44 @@ def test_child_environment_carries_exactly_the_budget(monkeypatch):
     assert int(env["nnUNet_cl_save_every"]) < cpu_budget.finetune_epochs     # interrupted runs can resume
     assert env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_extTrainer"].split(os.pathsep)[0] == SHIM_DIR
     assert "nnUNet_n_proc_DA" not in bench.child_env(training=False)       # 0 would break nnU-Net's planner
+
+
+def test_plateau_preset_runs_three_folds_per_cell(synthetic_env):
+    proc = synthetic_env.run(["nnunet_cl", "benchmark", "-d", SYNTH_ID, "--preset", "cpu-plateau", "-m", "scratch",
+                              "--fractions", "0.1", "0.25", "--no-upper-bound", "--list"], training=False)
+    cells = [l.split()[1:5] for l in proc.stdout.splitlines() if l.strip().startswith("finetune")]
+    assert sorted(cells) == sorted([["scratch", f, "%", "fold"] for f in ("10", "25") for _ in range(3)])
+    folds = [l.split()[5] for l in proc.stdout.splitlines() if l.strip().startswith("finetune")]
+    assert sorted(folds) == ["0", "0", "1", "1", "2", "2"]
+
+
+def mismatched_test_folder(tmp_path):
+    images, labels = tmp_path / "imagesTs", tmp_path / "labelsTs"
+    images.mkdir()
+    labels.mkdir()
+    for case in ("a", "b"):
+        (images / f"{case}_0000.nii.gz").write_bytes(b"x")
+        (labels / f"{case}.nii.gz").write_bytes(b"x")
+    (labels / "c.nii.gz").write_bytes(b"x")                               # a label without its image
+    return ["--test-images", str(images), "--test-labels", str(labels)]
+
+
+BENCHMARK_BAD_INPUT = [
+    ("fold that does not exist", lambda t: ["-f", "9"], ("fold 9 does not exist", "folds (0-")),
+    ("unknown preset", lambda t: ["--preset", "gpu-fast"], ("unknown preset 'gpu-fast'", "cpu-plateau")),
+    ("test labels without images", mismatched_test_folder, ("1 labels in", "have no test image", "c.nii.gz")),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name, extra, fragments", BENCHMARK_BAD_INPUT, ids=[c[0] for c in BENCHMARK_BAD_INPUT])
+def test_benchmark_bad_input_is_one_line_and_writes_nothing(synthetic_env, tmp_path, name, extra, fragments):
+    out = tmp_path / "bench"
+    proc = synthetic_env.run(["nnunet_cl", "benchmark", "-d", SYNTH_ID, "--preset", "tiny", "-m", "scratch",
+                              "--fractions", "0.1", "-o", str(out), *extra(tmp_path)], check=False, training=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nnunet_cl: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not (out / "budget.json").exists() and not (out / "nnUNet_results").exists()
