@@ -1,4 +1,4 @@
-from nnunet_cl.cli import main
+from nnunet_cl.tools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -8,10 +8,10 @@ import types
 
 import pytest
 
-from nnunet_cl.benchmark import Benchmark, check_test_folder, msd_dataset_name, preprocessing_state, progress_line
-from nnunet_cl.benchmark_plan import (BenchmarkLayout, discover_families, is_label_aware, make_budget, plan_runs,
+from nnunet_cl.tools.benchmark import Benchmark, check_test_folder, msd_dataset_name, preprocessing_state, progress_line
+from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, discover_families, is_label_aware, make_budget, plan_runs,
                                       run_state)
-from nnunet_cl.benchmark_report import markdown, plot_dsc, read_rows, write_rows
+from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.pretraining.methods import METHODS
 from tests.conftest import SYNTH_ID

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from nnunet_cl.benchmark_report import markdown, plot_dsc, read_rows, write_rows
+from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows
 from nnunet_cl.errors import NnunetClError
 
 

@@ -93,7 +93,7 @@ def test_semi_local_options_folder_and_errors(synthetic_context):
 
 
 def test_cli_rejects_fraction_for_methods_without_labels(capsys):
-    from nnunet_cl.cli import main
+    from nnunet_cl.tools.cli import main
     with pytest.raises(SystemExit) as exit_info:
         main(["pretrain", "-d", "990", "-m", "pcl", "--fraction", "0.1", "-device", "cpu"])
     assert "does not use labels" in str(exit_info.value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.metrics import case_metrics, class_metrics, evaluate_case_files, foreground_classes, surface
+from nnunet_cl.tools.metrics import case_metrics, class_metrics, evaluate_case_files, foreground_classes, surface
 
 
 def brute_force_surface(mask):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.paired_stats import bootstrap_interval, compare, effect, fold_t_interval, paired_differences
+from nnunet_cl.tools.paired_stats import bootstrap_interval, compare, effect, fold_t_interval, paired_differences
 
 
 def as_folds(*per_fold):

@@ -8,7 +8,7 @@ import torch
 
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.pretraining.methods import METHODS
-from nnunet_cl.speed import ModuleTimer, run_speed, unet_stage_modules
+from nnunet_cl.tools.speed import ModuleTimer, run_speed, unet_stage_modules
 
 
 def test_hooked_modules_hold_every_unet_parameter_once(synthetic_context):

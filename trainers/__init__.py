@@ -7,7 +7,7 @@ and name its Init base class as a ``"module:Class"`` string (to avoid importing 
 method module). Chaitanya et al.'s pseudo-label trainers: ``nnUNetTrainerPseudoLabelCL[Intra]_10pct``,
 ``_25pct`` and, per method M, ``nnUNetTrainerPseudoLabelCL<M>Init_10pct``, ``_25pct``.
 A class attribute ``benchmark_name`` (set on the class itself, e.g. through ``fraction_variants``) makes a
-trainer one cell of ``nnunet_cl benchmark`` (see ``nnunet_cl/benchmark_plan.py``).
+trainer one cell of ``nnunet_cl benchmark`` (see ``nnunet_cl/tools/benchmark_plan.py``).
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ shaped like the SuperCL paper's Tables I/II, with the paired difference to scrat
 
 Aggregation (documented in results.md too): a run's score is the mean over its cases and foreground
 classes (DSC and JC over all pairs; HD95 and ASD over the pairs where they are defined, see
-``nnunet_cl.metrics``); the table shows mean +- sample standard deviation of the run scores over folds
+``nnunet_cl.tools.metrics``); the table shows mean +- sample standard deviation of the run scores over folds
 (no +- with one fold). DSC and JC are in %, HD95 and ASD in the images' spacing unit (mm for MSD).
 
-Paired difference (``nnunet_cl.paired_stats``): a case's DSC is its mean over foreground classes; every
+Paired difference (``nnunet_cl.tools.paired_stats``): a case's DSC is its mean over foreground classes; every
 method x fraction is compared with scratch at the same fraction on the folds both have, case by case,
 separately for the validation cases and a test folder. ``results.csv`` carries the per-row difference
 (``dsc_minus_scratch``: this row's DSC minus scratch's for the same fold, case and class).
@@ -22,8 +22,8 @@ from collections import OrderedDict
 import numpy as np
 
 from nnunet_cl.atomic import _atomic_target
-from nnunet_cl.benchmark_plan import REFERENCE_METHOD, fraction_label
-from nnunet_cl.paired_stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, compare
+from nnunet_cl.tools.benchmark_plan import REFERENCE_METHOD, fraction_label
+from nnunet_cl.tools.paired_stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, compare
 
 COLUMNS = ["dataset", "method", "trainer", "fraction", "fold", "split", "case", "class", "class_id",
            "dsc", "jc", "hd95", "asd", "n_ref", "n_pred", "distance_undefined", "dsc_minus_scratch"]

@@ -187,7 +187,7 @@ def supervised_row(context, batch_size: int, device, warmup: int, repeats: int) 
 def method_row(context, name: str, batch_size: int, device, warmup: int, repeats: int, cache_cases: int) -> dict:
     from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
     from nnunet_cl.pretraining.methods import get_method
-    from nnunet_cl.benchmark_plan import is_label_aware
+    from nnunet_cl.tools.benchmark_plan import is_label_aware
 
     method_cls = get_method(name)
     # Label-aware methods need a labelled subset: the 10 % subset of fold 0, as the benchmark's first cell.
@@ -246,8 +246,8 @@ def format_table(rows: list, header: list) -> str:
 
 def run_speed(args) -> None:
     from nnunet_cl.atomic import atomic_write_json
-    from nnunet_cl.benchmark import machine_description
-    from nnunet_cl.benchmark_report import write_text
+    from nnunet_cl.tools.benchmark import machine_description
+    from nnunet_cl.tools.benchmark_report import write_text
     from nnunet_cl.nnunet_context import load_dataset_context
     from nnunet_cl.pretraining.methods import METHODS, get_method
 

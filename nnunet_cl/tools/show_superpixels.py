@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from nnunet_cl.pretraining.superpixels import add_superpixel_arguments, leakage_counts, supercl_superpixels
+from nnunet_cl.pretraining.superpixels import leakage_counts
+from nnunet_cl.tools.superpixels import add_superpixel_arguments, supercl_superpixels
 
 
 def whole_case(slices, case_index: int) -> tuple:

@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _parse_option(text: str) -> tuple:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"method option {text!r} must look like key=value")
-    key, value = text.split("=", 1)
-    return key.strip(), value.strip()
+from nnunet_cl.tools.options import parse_option
 
 
 def add_pretrain_parser(subparsers) -> None:
@@ -28,7 +23,7 @@ def add_pretrain_parser(subparsers) -> None:
     p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda"), default="cuda"
                    if _cuda_available() else "cpu")
     p.add_argument("--c", dest="continue_training", action="store_true", help="resume from checkpoint_latest.pth")
-    p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
+    p.add_argument("-o", "--option", dest="options", action="append", type=parse_option, default=[],
                    metavar="KEY=VALUE", help="method option, e.g. -o temperature=0.2 (repeatable)")
     p.add_argument("--fraction", type=float, default=None,
                    help="label-aware methods (semi_local): labelled fraction of the fold, as the _10pct/_25pct trainer")
@@ -82,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(subparsers)
     env = subparsers.add_parser("env", help='print the export line for nnUNet_extTrainer: eval "$(nnunet_cl env)"')
     env.set_defaults(func=run_env)
-    from nnunet_cl.pretraining.superpixels import add_superpixels_parser  # SuperCL
+    from nnunet_cl.tools.superpixels import add_superpixels_parser  # SuperCL
     add_superpixels_parser(subparsers)
-    from nnunet_cl.pretraining.show_superpixels import add_show_superpixels_parser  # SuperCL
+    from nnunet_cl.tools.show_superpixels import add_show_superpixels_parser  # SuperCL
     add_show_superpixels_parser(subparsers)
-    from nnunet_cl.benchmark import add_benchmark_parser  # quality benchmark
+    from nnunet_cl.tools.benchmark import add_benchmark_parser  # quality benchmark
     add_benchmark_parser(subparsers)
-    from nnunet_cl.speed import add_speed_parser  # speed benchmark
+    from nnunet_cl.tools.speed import add_speed_parser  # speed benchmark
     add_speed_parser(subparsers)
     return parser
 

@@ -35,7 +35,7 @@ import time
 from datetime import datetime, timedelta
 
 from nnunet_cl.atomic import atomic_write_json
-from nnunet_cl.benchmark_plan import (DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
+from nnunet_cl.tools.benchmark_plan import (DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
                                       discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
                                       pretrain_resumable, run_state, training_done, training_resumable)
 from nnunet_cl.errors import NnunetClError
@@ -302,8 +302,8 @@ class Benchmark:
         self.write_metrics(run, "test", predictions, os.path.abspath(self.args.test_labels), ending)
 
     def write_metrics(self, run: FinetuneRun, split: str, predictions: list, reference_folder: str, ending: str):
-        from nnunet_cl.benchmark_report import write_rows
-        from nnunet_cl.metrics import evaluate_case_files
+        from nnunet_cl.tools.benchmark_report import write_rows
+        from nnunet_cl.tools.metrics import evaluate_case_files
 
         rows = []
         for prediction in predictions:
@@ -318,7 +318,7 @@ class Benchmark:
 
     # -------------------------------------------------------------------- reports
     def write_reports(self, runs: list) -> None:
-        from nnunet_cl.benchmark_report import markdown, plot_dsc, read_rows, write_rows, write_text
+        from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows, write_text
 
         rows = []
         for run in runs:
