@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from nnunet_cl.console_scripts import console_script  # noqa: F401 (tests import it from here)
+
 SYNTH_ID = 990
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIPPOCAMPUS = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "Task04_Hippocampus"))
@@ -28,12 +30,6 @@ def training_log(folder: str) -> str:
     """The newest ``training_log_*.txt`` of a fold folder: in-process trainers of other tests (e.g. label-subset
     checks) may have left older, shorter logs there, and glob order is arbitrary."""
     return open(max(glob.glob(os.path.join(folder, "training_log_*.txt")), key=os.path.getmtime)).read()
-
-
-def console_script(name: str) -> str:
-    """Console scripts of the interpreter running the tests (its venv's bin/)."""
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else name
 
 
 class NnunetEnv:

@@ -35,6 +35,7 @@ import time
 from datetime import datetime, timedelta
 
 from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.console_scripts import console_script
 from nnunet_cl.tools.benchmark_plan import (DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
                                       discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
                                       pretrain_resumable, run_state, training_done, training_resumable)
@@ -44,12 +45,6 @@ from nnunet_cl.splits import check_fold_exists
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed")
 # Lines of the children's output echoed to the console (everything goes to the run's log file).
 ECHO = re.compile(r"(: Epoch \d+\s*$|Pseudo dice|: epoch \d+/\d+ |[Ee]rror|Traceback|pre-trained checkpoint:)")
-
-
-def console_script(name: str) -> str:
-    """The console script next to this interpreter (its venv's bin/), else from PATH."""
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else name
 
 
 # ---------------------------------------------------------------------------------------------- CLI
