@@ -6,9 +6,9 @@ Output folder ``$nnUNet_results/<Dataset>/nnunet_cl/<method>__<plans>__2d/``:
 Optimiser: SGD (momentum 0.9, weight decay 1e-5) with a cosine schedule per iteration, as PCL,
 SuperCL and JCL's public code.
 
-Optional hooks of multi-stage methods (e.g. semi_local): ``method.begin_iteration(iteration, epochs,
-iters_per_epoch)`` is called before each ``make_batch``, and ``method.lr_cycle(iteration, epochs,
-iters_per_epoch) -> (first iteration, length)`` restarts the cosine per stage.
+The method's hooks (``PretrainingMethod``): ``case_ids`` (which cases are sampled), ``begin_iteration``
+before each ``make_batch``, ``lr_cycle`` (multi-stage methods restart the cosine per stage),
+``epoch_statistics`` (extra numbers per epoch).
 """
 
 from __future__ import annotations
@@ -104,9 +104,8 @@ class Pretrainer:
         self.rng = np.random.default_rng(seed)
 
     def method_slices(self) -> PreprocessedSlices:
-        """All preprocessed cases (images only, no labels); label-aware methods override via the method."""
-        case_ids = getattr(self.method, "case_ids", lambda ctx: None)(self.context)
-        return PreprocessedSlices(self.context.data_folder, self.context.patch_size, case_ids)
+        """The cases the method samples from (images only): every preprocessed case unless it says otherwise."""
+        return PreprocessedSlices(self.context.data_folder, self.context.patch_size, self.method.case_ids(self.context))
 
     # ---------------------------------------------------------------- logging / files
     def log(self, message: str, also_print: bool = True) -> None:
@@ -192,7 +191,7 @@ class Pretrainer:
         try:
             self.method.load_state_dict(checkpoint["heads"])
         except RuntimeError:
-            # e.g. a checkpoint from before the instance head gained its batch standardisation (2026-12-02)
+            # e.g. heads saved by an older version of the method
             raise NnunetClError(f"{path} holds projection heads that do not match {self.config.method!r} with "
                                 f"these options or this nnunet_cl version; start without --c") from None
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
@@ -211,10 +210,7 @@ class Pretrainer:
 
     # ---------------------------------------------------------------- training
     def learning_rate(self, iteration: int) -> float:
-        lr_cycle = getattr(self.method, "lr_cycle", None)
-        if lr_cycle is None:
-            return cosine_lr(self.lr, iteration, self.total_iterations)
-        start, length = lr_cycle(iteration, self.config.epochs, self.config.iters_per_epoch)
+        start, length = self.method.lr_cycle(iteration, self.config.epochs, self.config.iters_per_epoch)
         return cosine_lr(self.lr, iteration - start, length)
 
     def train_step(self, batch: dict) -> dict:
@@ -275,15 +271,14 @@ class Pretrainer:
             bar = tqdm(range(self.config.iters_per_epoch), desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                        leave=False, disable=None, mininterval=2)
             for _ in bar:
-                if hasattr(self.method, "begin_iteration"):
-                    self.method.begin_iteration(self.iteration, self.config.epochs, self.config.iters_per_epoch)
+                self.method.begin_iteration(self.iteration, self.config.epochs, self.config.iters_per_epoch)
                 terms = self.train_step(self.method.make_batch(self.slices, self.local_batch_size, self.rng))
                 self.history.setdefault("iteration_loss", []).append(terms["total"])
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{terms['total']:.4f}")
             means = {k: v / self.config.iters_per_epoch for k, v in sums.items()}
-            means.update(getattr(self.method, "epoch_statistics", dict)())
+            means.update(self.method.epoch_statistics())
             lr = self.optimizer.param_groups[0]["lr"]
             self.history["epoch"].append(self.epoch + 1)
             self.history["lr"].append(lr)

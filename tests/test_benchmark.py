@@ -9,7 +9,7 @@ import types
 import pytest
 
 from nnunet_cl.tools.benchmark import Benchmark, check_test_folder, msd_dataset_name, preprocessing_state, progress_line
-from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, discover_families, is_label_aware, make_budget, plan_runs,
+from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, discover_families, make_budget, plan_runs,
                                       run_state)
 from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows
 from nnunet_cl.errors import NnunetClError
@@ -19,8 +19,9 @@ from tests.conftest import SYNTH_ID
 
 def fake_trainer_module():
     """Three tagged families; a subclass of a tagged class must not become a cell of its own."""
-    class Base:
+    class Base:            # the attributes nnUNetTrainerCL declares
         label_fraction = 1.0
+        pretraining_method = ""
 
     def make(name, fraction, tag=None, base=Base, **attrs):
         body = dict(attrs, label_fraction=fraction)
@@ -86,7 +87,7 @@ def test_real_registry_covers_every_method_with_init_trainers():
         jobs = {r.pretrain for r in runs if r.pretrain is not None and r.pretrain.method == name}
         if not jobs:
             continue
-        if is_label_aware(method):
+        if method.is_label_aware():
             assert len(jobs) == 4 and len({j.folder for j in jobs}) == 4
             assert all(dict(j.options).keys() == {"fraction", "fold"} for j in jobs)
         else:

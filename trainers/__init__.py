@@ -2,9 +2,9 @@
 
 For every registered method M: ``nnUNetTrainer<M>Init``, ``..._10pct``, ``..._25pct``; plus the scratch
 baselines ``nnUNetTrainerScratch``, ``_10pct``, ``_25pct`` (nnU-Net's default init, same subsets).
-A method may restrict its fractions (class attribute ``label_fractions``, e.g. semi_local: 10 % and 25 %)
-and name its Init base class as a ``"module:Class"`` string (to avoid importing the trainers from a
-method module). Chaitanya et al.'s pseudo-label trainers: ``nnUNetTrainerPseudoLabelCL[Intra]_10pct``,
+A method may restrict its fractions (``label_fractions``, e.g. semi_local: 10 % and 25 %), name its
+Init base class (``init_trainer_base``, e.g. as a ``"module:Class"`` string) or have no Init trainers
+(``has_init_trainers``): see ``PretrainingMethod``. Chaitanya et al.'s pseudo-label trainers: ``nnUNetTrainerPseudoLabelCL[Intra]_10pct``,
 ``_25pct`` and, per method M, ``nnUNetTrainerPseudoLabelCL<M>Init_10pct``, ``_25pct``.
 A class attribute ``benchmark_name`` (set on the class itself, e.g. through ``fraction_variants``) makes a
 trainer one cell of ``nnunet_cl benchmark`` (see ``nnunet_cl/tools/benchmark_plan.py``).
@@ -40,7 +40,7 @@ def fraction_variants(base, stem: str, fractions=None, **attributes) -> list:
 
 def init_trainer_base(method):
     """The Init base class of a method: its ``init_trainer_base`` (a class or "module:Class") or the default."""
-    base = getattr(method, "init_trainer_base", None) or nnUNetTrainerPretrainedInit
+    base = method.init_trainer_base or nnUNetTrainerPretrainedInit
     if isinstance(base, str):
         import importlib
         module, _, name = base.partition(":")
@@ -50,9 +50,9 @@ def init_trainer_base(method):
 
 fraction_variants(nnUNetTrainerCL, "nnUNetTrainerScratch", benchmark_name="scratch")
 for _method in METHODS.values():
-    if getattr(_method, "has_init_trainers", True):
+    if _method.has_init_trainers:
         fraction_variants(init_trainer_base(_method), f"nnUNetTrainer{_method.trainer_name}Init",
-                          fractions=getattr(_method, "label_fractions", None), pretraining_method=_method.name,
+                          fractions=_method.label_fractions, pretraining_method=_method.name,
                           benchmark_name=_method.name)
 
 from nnunet_cl.trainers.pseudo_label import nnUNetTrainerPseudoLabelCL  # noqa: E402
@@ -63,9 +63,8 @@ fraction_variants(nnUNetTrainerPseudoLabelCL, "nnUNetTrainerPseudoLabelCL", frac
 fraction_variants(nnUNetTrainerPseudoLabelCL, "nnUNetTrainerPseudoLabelCLIntra", fractions=PSEUDO_LABEL_FRACTIONS,
                   contrast_mode="intra")
 for _method in METHODS.values():
-    if getattr(_method, "has_init_trainers", True):
-        _fractions = [f for f in PSEUDO_LABEL_FRACTIONS if f in (getattr(_method, "label_fractions", None)
-                                                                 or PSEUDO_LABEL_FRACTIONS)]
+    if _method.has_init_trainers:
+        _fractions = [f for f in PSEUDO_LABEL_FRACTIONS if f in (_method.label_fractions or PSEUDO_LABEL_FRACTIONS)]
         _base = type(f"nnUNetTrainerPseudoLabelCL{_method.trainer_name}InitBase",
                      (nnUNetTrainerPseudoLabelCL, init_trainer_base(_method)), {})
         fraction_variants(_base, f"nnUNetTrainerPseudoLabelCL{_method.trainer_name}Init", fractions=_fractions,

@@ -54,6 +54,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
     """Common base of every nnunet-cl trainer (100 % labels, nnU-Net init)."""
 
     label_fraction = 1.0
+    pretraining_method: str = ""   # the registered method whose checkpoint the trainer loads ("": none)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -20,8 +20,6 @@ CHECKPOINT_ENV = "nnUNet_cl_pretrained_checkpoint"
 
 
 class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
-    pretraining_method: str = ""   # set by the generated subclasses
-
     def method_options(self) -> dict:
         """Options that decide the checkpoint folder (label-aware methods: fraction and fold)."""
         return {}

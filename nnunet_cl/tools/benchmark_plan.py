@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.pretraining.methods import get_method
 
 DEFAULT_FRACTIONS = (0.1, 0.25)
 REFERENCE_METHOD = "scratch"        # every paired difference in the report is taken against it
@@ -188,19 +189,14 @@ def discover_families(trainer_module=None) -> BenchmarkFamilies:
 
 
 def pretrain_job(trainer_cls, fraction: float, fold) -> Optional[PretrainJob]:
-    method_name = getattr(trainer_cls, "pretraining_method", "")
+    method_name = trainer_cls.pretraining_method
     if not method_name:
         return None
-    from nnunet_cl.pretraining.methods import get_method
     method = get_method(method_name)
-    options = {"fraction": fraction, "fold": str(fold)} if is_label_aware(method) else {}
+    options = {"fraction": fraction, "fold": str(fold)} if method.is_label_aware() else {}
     folder = method.folder_name(method.resolve_options(options))
     return PretrainJob(method_name, tuple(sorted((k, str(v) if k == "fold" else v) for k, v in options.items())),
                        folder)
-
-
-def is_label_aware(method_cls) -> bool:
-    return {"fraction", "fold"} <= set(method_cls.default_options)
 
 
 def plan_runs(families: BenchmarkFamilies, methods=None, fractions=DEFAULT_FRACTIONS, folds=(0,),

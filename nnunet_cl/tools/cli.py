@@ -60,7 +60,7 @@ def _label_options(args) -> dict:
     if given:
         from nnunet_cl.errors import NnunetClError
         from nnunet_cl.pretraining.methods import get_method
-        if not all(k in get_method(args.method).default_options for k in given):
+        if not get_method(args.method).is_label_aware():
             raise NnunetClError(f"method {args.method!r} does not use labels: drop --fraction/--fold "
                                 "(they belong to label-aware methods such as semi_local)")
     return given

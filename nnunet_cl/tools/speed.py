@@ -41,7 +41,14 @@ from datetime import datetime
 import numpy as np
 import torch
 
+from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.nnunet_context import load_dataset_context
+from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
+from nnunet_cl.pretraining.methods import METHODS, get_method
+from nnunet_cl.pretraining.superpixels import superpixel_volume
+from nnunet_cl.tools.benchmark import machine_description
+from nnunet_cl.tools.benchmark_report import write_text
 
 
 def add_speed_parser(subparsers) -> None:
@@ -185,22 +192,17 @@ def supervised_row(context, batch_size: int, device, warmup: int, repeats: int) 
 
 
 def method_row(context, name: str, batch_size: int, device, warmup: int, repeats: int, cache_cases: int) -> dict:
-    from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
-    from nnunet_cl.pretraining.methods import get_method
-    from nnunet_cl.tools.benchmark_plan import is_label_aware
-
     method_cls = get_method(name)
     # Label-aware methods need a labelled subset: the 10 % subset of fold 0, as the benchmark's first cell.
-    options = {"fraction": 0.1, "fold": "0"} if is_label_aware(method_cls) else {}
+    options = {"fraction": 0.1, "fold": "0"} if method_cls.is_label_aware() else {}
     config = PretrainConfig(dataset=context.dataset_name, method=name, plans=context.plans_identifier,
                             batch_size=batch_size, device=device.type, epochs=2, iters_per_epoch=warmup + repeats,
                             options=options)
     engine = Pretrainer(config)
     engine.network.train(), engine.method.train()
-    if hasattr(engine.method, "begin_iteration"):
-        # Multi-stage methods: time their last stage (e.g. semi_local's label-aware local stage).
-        last = config.epochs * config.iters_per_epoch - 1
-        engine.method.begin_iteration(last, config.epochs, config.iters_per_epoch)
+    # Multi-stage methods: time their last stage (e.g. semi_local's label-aware local stage).
+    last = config.epochs * config.iters_per_epoch - 1
+    engine.method.begin_iteration(last, config.epochs, config.iters_per_epoch)
     row = measure(lambda: engine.method.make_batch(engine.slices, batch_size, engine.rng), engine.train_step,
                   engine.method, "compute_loss", engine.network, device, warmup, repeats)
     row["superpixel_ms_per_slice"] = superpixel_time(engine.method, engine.slices, cache_cases)
@@ -209,12 +211,8 @@ def method_row(context, name: str, batch_size: int, device, warmup: int, repeats
 
 def superpixel_time(method, slices, cache_cases: int):
     """SLIC time per slice (ms) for the method's cache parameters, or None if it uses no superpixels."""
-    params = getattr(method, "slic_parameters", None)
-    if params is None or not getattr(method, "uses_fixed_views", True):
-        return None
-    try:
-        from nnunet_cl.pretraining.superpixels import superpixel_volume
-    except ImportError:     # SuperCL's module not installed
+    params = method.slic_parameters
+    if params is None or not method.uses_fixed_views:
         return None
     total, n_slices = 0.0, 0
     for case_id in slices.case_ids[:cache_cases]:
@@ -245,12 +243,6 @@ def format_table(rows: list, header: list) -> str:
 
 
 def run_speed(args) -> None:
-    from nnunet_cl.atomic import atomic_write_json
-    from nnunet_cl.tools.benchmark import machine_description
-    from nnunet_cl.tools.benchmark_report import write_text
-    from nnunet_cl.nnunet_context import load_dataset_context
-    from nnunet_cl.pretraining.methods import METHODS, get_method
-
     if args.batch_size < 2 or args.repeats < 1 or args.warmup < 0:
         raise NnunetClError("--batch-size must be >= 2, --repeats >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -18,7 +18,6 @@ def supercl_superpixels(dataset: str, plans: str = "nnUNetPlans", options: Optio
     derivation as ``nnunet_cl pretrain -m supercl``. Returns ``(context, slices, params, cache)``."""
     method = get_method("supercl")
     options = method.resolve_options(options or {})
-    method.check_options(options)
     context = load_dataset_context(dataset, plans, "2d")
     strides = context.build_network().encoder.strides
     _, _, params = method.geometry(context.patch_size, strides, options)

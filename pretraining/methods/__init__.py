@@ -1,5 +1,6 @@
-"""Registry of pre-training methods. A new method is a module here that calls ``register``; the CLI,
-the Init trainers and the benchmark pick it up from the registry."""
+"""Registry of pre-training methods. A new method is one module that defines a ``PretrainingMethod``
+subclass decorated with ``register``, imported at the end of this file (the only list of methods): the
+CLI, the Init trainers, the benchmark, the speed tool and the tests take their methods from ``METHODS``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ METHODS: dict = {}
 
 
 def register(cls):
+    """Class decorator: add a method to ``METHODS`` under ``cls.name``."""
+    if "supports_distributed" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__} must state supports_distributed in its own class body (True only if its "
+                        "compute_loss gathers the global batch under torchrun)")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise TypeError(f"two methods are named {cls.name!r}: {METHODS[cls.name].__name__} and {cls.__name__}")
     METHODS[cls.name] = cls
     return cls
 

@@ -31,12 +31,13 @@ from nnunet_cl.pretraining.methods.instance import InstanceContrastMethod
 class GCL(InstanceContrastMethod):
     name = "gcl"
     trainer_name = "GCL"
+    supports_distributed = True   # the parent's gathering compute_loss
     default_options = {**InstanceContrastMethod.default_options, "partitions": 4}
 
-    def __init__(self, network, context, options=None):
-        super().__init__(network, context, options)
-        if self.options["partitions"] < 1:
-            raise NnunetClError(f"GCL option partitions={self.options['partitions']} must be >= 1 (the paper uses 4)")
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options["partitions"] < 1:
+            raise NnunetClError(f"GCL option partitions={options['partitions']} must be >= 1 (the paper uses 4)")
 
     def positive_mask(self, batch):
         return partition_positive_mask(batch["positions"], n_views=2, partitions=self.options["partitions"])

@@ -20,7 +20,7 @@ from nnunet_cl.pretraining.views import apply_per_sample, spatial_pipeline
 
 class InstanceContrastMethod(PretrainingMethod):
     default_options = {"temperature": 0.1, "projection_dim": 128}
-    supports_distributed = True   # compute_loss below gathers; subclasses overriding it must opt in again
+    supports_distributed = True   # compute_loss below gathers the global batch
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)
@@ -55,6 +55,7 @@ class SimCLR(InstanceContrastMethod):
     """SimCLR (Chen et al. 2020): the other view of the same slice is the only positive."""
     name = "simclr"
     trainer_name = "SimCLR"
+    supports_distributed = True   # the parent's gathering compute_loss
 
     def positive_mask(self, batch):
         return same_sample_positive_mask(len(batch["positions"]), n_views=2)
@@ -65,6 +66,7 @@ class PCL(InstanceContrastMethod):
     """PCL (Zeng et al. 2021): slices whose normalised positions differ by < ``position_threshold``."""
     name = "pcl"
     trainer_name = "PCL"
+    supports_distributed = True   # the parent's gathering compute_loss
     default_options = {**InstanceContrastMethod.default_options, "position_threshold": 0.1}
 
     def positive_mask(self, batch):

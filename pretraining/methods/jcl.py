@@ -129,12 +129,17 @@ class JCL(PretrainingMethod):
                        "position_threshold": 0.1, "projection_dim": 128, "pixel_projection_dim": 128,
                        "crop": "auto"}
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options["k"] < 0:
+            raise NnunetClError(f"JCL option k={options['k']} must be >= 0 (the paper uses k=2)")
+
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)
         encoder = network.encoder
         n_blocks = len(network.decoder.stages)
         self.k = self.options["k"]
-        if not 0 <= self.k <= n_blocks:
+        if self.k > n_blocks:   # the upper bound depends on the plan's decoder
             raise NnunetClError(f"JCL option k={self.k} is out of range: this plan's decoder has {n_blocks} blocks; "
                                 f"choose 0 <= k <= {n_blocks} (the paper uses k=2)")
         self.pretrained_prefixes = ("encoder.",) + tuple(

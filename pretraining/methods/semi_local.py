@@ -90,8 +90,7 @@ class SemiLocal(PretrainingMethod):
     }
 
     @classmethod
-    def resolve_options(cls, overrides: dict) -> dict:
-        options = super().resolve_options(overrides)
+    def check_options(cls, options: dict) -> None:
         if options["fraction"] is None:
             raise NnunetClError("method semi_local needs the labelled fraction: add --fraction 0.1 (or 0.25) and "
                                 "--fold F, as the fine-tuning trainer (nnUNetTrainerSemiLocalInit_10pct, fold F)")
@@ -110,7 +109,6 @@ class SemiLocal(PretrainingMethod):
                 raise NnunetClError(f"semi_local option {key}={options[key]} must be >= 1")
         if options["stage2_batch_size"] < 0:
             raise NnunetClError("semi_local option stage2_batch_size must be >= 1 (or 0 for --batch-size)")
-        return options
 
     @classmethod
     def folder_name(cls, options: dict) -> str:

@@ -103,7 +103,6 @@ class SuperCL(PCL):
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)
-        self.check_options(self.options)
         self.stage, self.feature_shape, self.slic_parameters = self.geometry(
             self.patch_size, network.encoder.strides, self.options)
         self.feature_factor = stage_downsampling(network.encoder.strides, self.stage)
