@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from nnunet_cl.pretraining.methods import METHODS as REGISTRY
+
 pytestmark = pytest.mark.integration
 
 ITERATIONS = 2
@@ -25,7 +27,8 @@ def free_port() -> int:
 METHOD_OPTIONS = {
     "semi_local": {"fraction": 0.5, "fold": "0", "stage1_fraction": 0.0, "stage2_batch_size": 0, "stride": 2},
 }
-METHODS = ["pcl", "simclr", "gcl", "wcl", "jcl", "supercl", "semi_local"]
+# Every registered method that claims torchrun support (the engine refuses the others under torchrun).
+METHODS = [name for name, cls in REGISTRY.items() if cls.supports_distributed]
 
 
 def make_config(method):
