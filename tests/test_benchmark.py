@@ -200,14 +200,16 @@ def test_child_environment_carries_exactly_the_budget(monkeypatch):
     from nnunet_cl.ext_trainer import SHIM_DIR
     monkeypatch.setenv("nnUNet_cl_num_epochs", "7")                    # a leftover in the user's shell
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cl_plot_every", "3")
     paper = Benchmark(types.SimpleNamespace(processes=2), make_budget("paper")).child_env(training=True)
-    assert "nnUNet_cl_num_epochs" not in paper and "nnUNet_cl_save_every" not in paper
+    assert not {"nnUNet_cl_num_epochs", "nnUNet_cl_save_every", "nnUNet_cl_plot_every"} & set(paper)
     cpu_budget = make_budget("cpu")
     bench = Benchmark(types.SimpleNamespace(processes=2), cpu_budget)
     env = bench.child_env(training=True)
     assert env["nnUNet_cl_num_epochs"] == str(cpu_budget.finetune_epochs)
     assert env["nnUNet_cl_batch_size"] == str(cpu_budget.finetune_batch_size)
     assert int(env["nnUNet_cl_save_every"]) < cpu_budget.finetune_epochs     # interrupted runs can resume
+    assert 1 < int(env["nnUNet_cl_plot_every"]) < cpu_budget.finetune_epochs
     assert env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_extTrainer"].split(os.pathsep)[0] == SHIM_DIR
     assert "nnUNet_n_proc_DA" not in bench.child_env(training=False)       # 0 would break nnU-Net's planner
 

@@ -5,6 +5,8 @@ Budget environment variables (unset: nnU-Net's own recipe):
 ``nnUNet_cl_num_val_iterations_per_epoch``; ``nnUNet_cl_save_every`` (epochs between checkpoint_latest.pth).
 ``nnUNet_cl_num_threads`` sets torch's CPU threads (nnUNetv2_train otherwise uses one per core, which on a
 machine shared with other jobs makes OpenMP threads spin).
+``nnUNet_cl_plot_every=N`` redraws progress.png every N epochs and after the last one (nnU-Net: every epoch;
+drawing it costs about as much as a few training iterations of a small 2d network on a CPU).
 ``nnUNet_cl_val_mirroring=0`` runs the final validation without test-time mirroring (4x fewer forward passes
 for 2d; used by the benchmark's ``cpu`` preset). The checkpoint keeps the mirror axes, so ``nnUNetv2_predict``
 still mirrors unless given ``--disable_tta``.
@@ -68,6 +70,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
         if self.validation_mirroring not in ("0", "1"):
             raise NnunetClError(f"nnUNet_cl_val_mirroring={self.validation_mirroring!r} must be 0 (no mirroring in the "
                                 f"final validation) or 1 (nnU-Net's default)")
+        self.plot_every = _positive_int_env("nnUNet_cl_plot_every") or 1
         threads = _positive_int_env("nnUNet_cl_num_threads")
         if threads is not None:
             torch.set_num_threads(threads)
@@ -107,6 +110,20 @@ class nnUNetTrainerCL(nnUNetTrainer):
             return super().perform_actual_validation(save_probabilities)
         finally:
             self.inference_allowed_mirroring_axes = mirror_axes
+
+    def draws_progress_plot(self, epoch: int) -> bool:
+        """Whether progress.png is redrawn at the end of ``epoch`` (0-based): every ``plot_every``-th and the last."""
+        return (epoch + 1) % self.plot_every == 0 or epoch >= self.num_epochs - 1
+
+    def on_epoch_end(self):
+        if self.draws_progress_plot(self.current_epoch):
+            return super().on_epoch_end()
+        # nnU-Net draws unconditionally inside on_epoch_end; skip that one call, keep everything else it does.
+        self.logger.plot_progress_png = lambda output_folder: None
+        try:
+            return super().on_epoch_end()
+        finally:
+            del self.logger.plot_progress_png
 
     def on_train_start(self):
         self.remove_stale_checkpoint_temps()

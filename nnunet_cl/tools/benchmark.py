@@ -140,6 +140,7 @@ class Benchmark:
             if self.budget.device == "cpu":
                 env["nnUNet_n_proc_DA"] = "0"  # on few cores, augmentation workers only compete with torch
             env["nnUNet_extTrainer"] = ext_trainer_value()
+            env.pop("nnUNet_cl_plot_every", None)
             for variable, value in self.budget.finetune_env().items():
                 if value is None:
                     env.pop(variable, None)
@@ -152,6 +153,7 @@ class Benchmark:
             if self.budget.finetune_epochs is not None:
                 # Short runs: a checkpoint_latest.pth every ~1/8 of the run, so a killed run resumes (--c).
                 env["nnUNet_cl_save_every"] = str(max(1, self.budget.finetune_epochs // 8))
+                env["nnUNet_cl_plot_every"] = env["nnUNet_cl_save_every"]     # progress.png, same rhythm
         else:
             env.pop("nnUNet_n_proc_DA", None)   # 0 breaks nnU-Net's planner (torch.set_num_threads(0))
         return env
