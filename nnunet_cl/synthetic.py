@@ -1,4 +1,4 @@
-"""A small generated nnU-Net dataset (for tests, and the main job's fallback when no MSD data is given).
+"""A small generated nnU-Net dataset: for the tests, and the stand-in when no MSD task folder is given.
 
 Each case is a 3D volume with two touching ellipsoids (labels 1 and 2) whose size changes along z,
 on a smooth noisy background, so that slice position, local texture and labels all carry signal.

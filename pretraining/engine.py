@@ -191,7 +191,7 @@ class Pretrainer:
         try:
             self.method.load_state_dict(checkpoint["heads"])
         except RuntimeError:
-            # e.g. heads saved by an older version of the method
+            # heads of other options, or of an nnunet_cl version whose heads have other parameters
             raise NnunetClError(f"{path} holds projection heads that do not match {self.config.method!r} with "
                                 f"these options or this nnunet_cl version; start without --c") from None
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])

@@ -7,7 +7,7 @@ nearly the same vector for every slice. This script prints, per encoder stage, t
 cosine similarity between the pooled features of N random slices (different slices, no augmentation)
 and, for comparison, between the flattened feature maps, at a random initialisation and for each
 pre-training checkpoint given. Cosines near 1 mean an instance head that only pools and applies an
-MLP sees (almost) one vector; see ``nnunet_cl.heads.InstanceProjectionHead`` for the fix.
+MLP sees (almost) one vector; ``nnunet_cl.heads.InstanceProjectionHead`` explains how it avoids that.
 
     nnUNet_raw=... nnUNet_preprocessed=... python scripts/diag_instance_head.py -d 4 [checkpoint_final.pth ...]
 """

@@ -163,8 +163,8 @@ def test_one_pretraining_step_writes_an_encoder_checkpoint(synthetic_context, me
 
 @pytest.mark.integration
 def test_resume_with_heads_of_another_version_is_one_clear_error(synthetic_context):
-    """--c on a checkpoint whose heads no longer match (e.g. written before the instance head gained its batch
-    standardisation) stops with the fix, not a load_state_dict traceback."""
+    """--c on a checkpoint whose heads do not match the method's (other parameter names, as from another
+    nnunet_cl version) stops with the fix, not a load_state_dict traceback."""
     from nnunet_cl.errors import NnunetClError
     from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
 

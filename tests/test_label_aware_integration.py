@@ -104,7 +104,7 @@ def test_pseudo_label_training_writes_rounds_and_a_stock_checkpoint(synthetic_en
     assert set(checkpoint["network_weights"]) == stock_keys
 
     # nnUNetv2_predict's own loading path (trainer lookup via nnUNet_extTrainer, strict load_state_dict), run in
-    # this process to save a subprocess; the CLI itself is exercised by the foundation's integration test.
+    # this process to save a subprocess; the CLI itself is exercised by test_pipeline_integration.py.
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     monkeypatch.setenv("nnUNet_extTrainer", synthetic_env.ext_trainer()["nnUNet_extTrainer"])

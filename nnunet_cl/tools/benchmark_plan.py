@@ -72,15 +72,14 @@ class Budget:
 
 
 PRESETS = {
-    # This machine: 2 CPU cores, no GPU. Target: one pre-training <= 10 min, one fine-tuning run (training
-    # plus nnU-Net's final validation of the fold's 40 Hippocampus cases) <= 6 min. Fine-tuning spends its
-    # samples on more, smaller steps (700 x 16 rather than 400 x 32): with nnU-Net's recipe (SGD 0.01,
-    # momentum 0.99) scratch at 100 % on Hippocampus stayed at Dice 0 for its first ~260 steps at batch
-    # 32 and ended at DSC 27 % after 400; 700 x 16 gave DSC 80.4 % (fold 0) in 6 min 54 s on a nearly idle
-    # machine (4 min training, 2 min 40 s final validation with mirroring). The preset therefore validates
-    # without mirroring (test_time_augmentation=False -> nnUNet_cl_val_mirroring=0). Calibration: README, Results.
-    # Pre-training 250 x 32 for every method: SuperCL, the slowest, took 1.94 s per step at batch 32 in
-    # `nnunet_cl speed` on the idle machine (4.4x a supervised step) -> ~8.5 min; PCL ~1.4 min.
+    # For a 2-core CPU without GPU. Targets: one pre-training <= 10 min, one fine-tuning run (training plus
+    # nnU-Net's final validation of the fold's 40 Hippocampus cases) <= 6 min. Fine-tuning spends its samples on
+    # more, smaller steps (700 x 16 rather than 400 x 32): with nnU-Net's recipe (SGD 0.01, momentum 0.99) scratch
+    # predicts no foreground for its first few hundred steps, so the number of steps decides where a short run
+    # ends. The final validation runs without mirroring (test_time_augmentation=False ->
+    # nnUNet_cl_val_mirroring=0), which would otherwise take a large part of the 6 minutes. Pre-training is
+    # 250 x 32 for every method, sized so that SuperCL, the slowest, fits the 10 minutes. The measurements behind
+    # these choices (calibration runs, `nnunet_cl speed`): README, Results.
     "cpu": Budget("cpu", pretrain_epochs=10, pretrain_iters_per_epoch=25, pretrain_batch_size=32,
                   finetune_epochs=20, finetune_iters_per_epoch=35, finetune_batch_size=16,
                   finetune_val_iters_per_epoch=5, device="cpu", folds=(0,), test_time_augmentation=False),

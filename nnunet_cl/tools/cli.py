@@ -1,4 +1,5 @@
-"""``nnunet_cl`` console script: ``pretrain``, ``env`` (more subcommands are added by later modules)."""
+"""``nnunet_cl`` console script: ``pretrain`` and ``env`` are defined here, every other subcommand by its
+tool module's ``add_*_parser``."""
 
 from __future__ import annotations
 
