@@ -9,7 +9,7 @@ Format (a dict, nnU-Net style, so stock ``nnUNetv2_train -pretrained_weights`` a
     architecture_fingerprint  see nnunet_context.architecture_fingerprint
     pretrained_prefixes     key prefixes that pre-training actually trained (e.g. ["encoder."])
     heads                   state dict of the projection heads (outside the U-Net)
-    optimizer_state, current_epoch, iteration, logging, config, extra
+    optimizer_state, current_epoch, iteration, logging, config, world_size, rng_state   (for --c)
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from nnunet_cl.errors import NnunetClError
 
@@ -122,11 +121,3 @@ def load_dataset_context(dataset: str, plans_identifier: str = "nnUNetPlans",
 
 def _has_cases(folder: str) -> bool:
     return any(f.endswith((".b2nd", ".npz", ".npy")) for f in os.listdir(folder))
-
-
-def find_splits(context: DatasetContext) -> Optional[list]:
-    path = os.path.join(context.preprocessed_folder, "splits_final.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
