@@ -44,7 +44,7 @@ from nnunet_cl.splits import check_fold_exists
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed")
 # Lines of the children's output echoed to the console (everything goes to the run's log file).
-ECHO = re.compile(r"(: Epoch \d+\s*$|Pseudo dice|: epoch \d+/\d+ |[Ee]rror|Traceback|pre-trained checkpoint:)")
+CONSOLE_LINE = re.compile(r"(: Epoch \d+\s*$|Pseudo dice|: epoch \d+/\d+ |[Ee]rror|Traceback|pre-trained checkpoint:)")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -231,7 +231,7 @@ class Benchmark:
             try:
                 for line in proc.stdout:
                     log_file.write(line)
-                    if self.args.verbose or ECHO.search(line):
+                    if self.args.verbose or CONSOLE_LINE.search(line):
                         print("      " + progress_line(line.rstrip(), total_epochs, start), flush=True)
                 code = proc.wait()
             finally:

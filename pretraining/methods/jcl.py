@@ -58,7 +58,7 @@ from nnunet_cl.pretraining.methods.base import PretrainingMethod
 from nnunet_cl.pretraining.views import apply_per_sample, geometric_pipeline, intensity_pipeline
 
 
-def _fmt(size) -> str:
+def size_text(size) -> str:
     return "x".join(str(int(s)) for s in size)
 
 
@@ -105,11 +105,12 @@ def resolve_crop(option: str, patch_size, total_stride, upsampling, k: int) -> t
     fits = all(c % m == 0 for c, m in zip(crop, multiple))
     if not fits or all(c == m for c, m in zip(crop, multiple)):
         reason = ("every side must be a multiple of the encoder's total stride "
-                  f"{_fmt(total_stride)} x the dominant downsampling {_fmt(upsampling)} = {_fmt(multiple)}"
+                  f"{size_text(total_stride)} x the dominant downsampling {size_text(upsampling)} = "
+                  f"{size_text(multiple)}"
                   if not fits else "the dominant branch's bottleneck would be a single pixel")
-        raise NnunetClError(f"JCL crop {_fmt(crop)} does not work with k={k} and the plans' patch size "
-                            f"{_fmt(patch_size)}: {reason}; the smallest valid crop is {_fmt(smallest)} "
-                            f"(use -o crop={_fmt(smallest)} or -o crop=auto)")
+        raise NnunetClError(f"JCL crop {size_text(crop)} does not work with k={k} and the plans' patch size "
+                            f"{size_text(patch_size)}: {reason}; the smallest valid crop is "
+                            f"{size_text(smallest)} (use -o crop={size_text(smallest)} or -o crop=auto)")
     return crop
 
 

@@ -116,19 +116,20 @@ class SemiLocal(PretrainingMethod):
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)
-        o = self.options
-        global_options = {"temperature": o["global_temperature"], "projection_dim": o["projection_dim"]}
-        if o["global_method"] == "pcl":
-            global_options["position_threshold"] = o["position_threshold"]
-        self.global_contrast = get_method(o["global_method"])(network, context, global_options)
-        self.local_head = PixelProjectionHead(decoder_output_channels(network), o["local_hidden_dim"],
-                                              o["local_projection_dim"])
+        options = self.options   # resolved: every option typed, defaults filled in
+        global_options = {"temperature": options["global_temperature"],
+                          "projection_dim": options["projection_dim"]}
+        if options["global_method"] == "pcl":
+            global_options["position_threshold"] = options["position_threshold"]
+        self.global_contrast = get_method(options["global_method"])(network, context, global_options)
+        self.local_head = PixelProjectionHead(decoder_output_channels(network), options["local_hidden_dim"],
+                                              options["local_projection_dim"])
         self.intensity_views = intensity_pipeline()
         self.tap = DecoderFeatureTap(network)
         # Stage 1 reads every case; the engine's slices (``case_ids``) are the labelled subset for stage 2.
         self.all_slices = PreprocessedSlices(context.data_folder, context.patch_size) \
-            if o["stage1_fraction"] > 0 else None
-        self.stage = 1 if o["stage1_fraction"] > 0 else 2
+            if options["stage1_fraction"] > 0 else None
+        self.stage = 1 if options["stage1_fraction"] > 0 else 2
 
     # ---------------------------------------------------------------- data
     def case_ids(self, context) -> list:
@@ -173,7 +174,7 @@ class SemiLocal(PretrainingMethod):
             network(batch["views"])
         embeddings = distributed.gather_views(self.local_head(self.tap.pop()), n_views=2)
         labels = distributed.gather(batch["labels"])
-        o = self.options
-        loss = supervised_local_contrast(embeddings, tile_views(labels, 2), o["strategy"], o["stride"],
-                                         o["block_size"], o["temperature"])
+        options = self.options
+        loss = supervised_local_contrast(embeddings, tile_views(labels, 2), options["strategy"],
+                                         options["stride"], options["block_size"], options["temperature"])
         return loss, {"global": math.nan, "local": float(loss.detach())}
