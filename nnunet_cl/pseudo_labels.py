@@ -110,7 +110,7 @@ class RoundAgreement:
                 "dice_per_class": dice, "mean_foreground_dice": float(np.mean(defined)) if defined else None}
 
 
-class PseudoLabelledDataset:
+class PseudoLabeledDataset:
     """An nnU-Net dataset (duck-typed for ``nnUNetDataLoader``) over unlabelled cases whose segmentation
     is a pseudo-label round. The ground truth of these cases is never returned: ``load_case`` drops the
     preprocessed segmentation and replaces the ``class_locations`` (foreground oversampling) by those of

@@ -52,7 +52,7 @@ def semi_local(context, **options):
 
 # ----------------------------------------------------------------------------- one labelled subset
 @pytest.mark.parametrize("fraction, suffix", [(0.1, "_10pct"), (0.25, "_25pct")])
-def test_every_label_aware_component_uses_the_foundation_subset(tiny_budget, fraction, suffix):
+def test_every_label_aware_component_uses_the_trainers_subset(tiny_budget, fraction, suffix):
     context = tiny_budget
     _, method = semi_local(context, fraction=fraction)
     pretraining_cases = method.case_ids(context)                      # creates splits_final.json if missing
@@ -120,21 +120,21 @@ def test_semi_local_stages_train_the_right_parts(synthetic_context, strategy):
     from nnunet_cl.pretraining.slices import PreprocessedSlices
     context = synthetic_context
     network, method = semi_local(context, strategy=strategy, block_size=16, stage2_batch_size=3)
-    labelled = PreprocessedSlices(context.data_folder, context.patch_size, method.case_ids(context))
+    labeled = PreprocessedSlices(context.data_folder, context.patch_size, method.case_ids(context))
     rng = np.random.default_rng(0)
 
     method.stage = 1
-    batch = method.make_batch(labelled, 4, rng)
+    batch = method.make_batch(labeled, 4, rng)
     assert "labels" not in batch and batch["views"].shape[0] == 8
     loss, terms = method.compute_loss(network, batch)
     assert math.isfinite(terms["global"]) and math.isnan(terms["local"])
 
     method.stage = 2
-    batch = method.make_batch(labelled, 4, rng)
+    batch = method.make_batch(labeled, 4, rng)
     assert batch["views"].shape[0] == 6 and batch["labels"].shape == (3, *context.patch_size)
     assert set(np.unique(batch["labels"].numpy())) <= {0, 1, 2}
     while not (batch["labels"] > 0).any():      # a labelled slice with foreground
-        batch = method.make_batch(labelled, 4, rng)
+        batch = method.make_batch(labeled, 4, rng)
     network.zero_grad()
     loss, terms = method.compute_loss(network, batch)
     assert math.isnan(terms["global"]) and terms["local"] > 0
@@ -172,9 +172,9 @@ def test_round_agreement_hand_computed():
     assert summary["mean_foreground_dice"] == pytest.approx((0.5 + 0.8) / 2)
 
 
-def test_pseudo_labelled_dataset_never_returns_the_ground_truth(tmp_path, synthetic_context):
+def test_pseudo_labeled_dataset_never_returns_the_ground_truth(tmp_path, synthetic_context):
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunet_cl.pseudo_labels import PseudoLabelledDataset, PseudoLabelStore
+    from nnunet_cl.pseudo_labels import PseudoLabeledDataset, PseudoLabelStore
     context = synthetic_context
     base = infer_dataset_class(context.data_folder)(context.data_folder, ["synth_000"])
     _, ground_truth, _, properties = base.load_case("synth_000")
@@ -182,7 +182,7 @@ def test_pseudo_labelled_dataset_never_returns_the_ground_truth(tmp_path, synthe
     store.start_round(1)
     fake = np.full(ground_truth.shape, 2, np.int8)
     store.write_case(1, "synth_000", fake, {1: np.zeros((0, 4), int), 2: np.array([[0, 1, 2, 3]])})
-    data, seg, _, props = PseudoLabelledDataset(base, store, 1).load_case("synth_000")
+    data, seg, _, props = PseudoLabeledDataset(base, store, 1).load_case("synth_000")
     assert (np.asarray(seg) == 2).all() and (np.asarray(ground_truth) != 2).any()
     assert props["class_locations"][2].tolist() == [[0, 1, 2, 3]]
     assert len(properties["class_locations"][1]) > 0                 # the ground truth's locations were replaced
@@ -211,7 +211,7 @@ def test_schedule_from_budget_variables(pseudo_trainer):
     assert pseudo_trainer.pseudo_labels_due(1)           # first joint iteration, no loader yet
 
 
-def test_segmentation_loss_sees_only_labelled_images_and_their_labels(pseudo_trainer):
+def test_segmentation_loss_sees_only_labeled_images_and_their_labels(pseudo_trainer):
     trainer = pseudo_trainer
     g = torch.Generator().manual_seed(0)
     shape = (2, 1, *trainer.configuration_manager.patch_size)

@@ -65,7 +65,7 @@ from nnunet_cl.errors import NnunetClError
 from nnunet_cl.heads import PixelProjectionHead
 from nnunet_cl.label_subsets import labeled_subset
 from nnunet_cl.losses.class_mean_contrast import MODES, class_mean_contrast
-from nnunet_cl.pseudo_labels import PseudoLabelledDataset, PseudoLabelStore, RoundAgreement, label_dtype
+from nnunet_cl.pseudo_labels import PseudoLabeledDataset, PseudoLabelStore, RoundAgreement, label_dtype
 from nnunet_cl.trainers.base import _positive_int_env, nnUNetTrainerCL, unwrap_network
 
 PHASE1_ENV = "nnUNet_cl_pseudo_phase1_iterations"
@@ -149,8 +149,8 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
     def on_train_start(self):
         super().on_train_start()
         all_cases = self.all_training_cases()
-        labelled = labeled_subset(all_cases, self.label_fraction, self.fold)
-        self.unlabeled_cases = sorted(set(all_cases) - set(labelled))
+        labeled = labeled_subset(all_cases, self.label_fraction, self.fold)
+        self.unlabeled_cases = sorted(set(all_cases) - set(labeled))
         if not self.unlabeled_cases:
             raise NnunetClError(f"fold {self.fold} has no unlabelled training cases at fraction "
                                 f"{self.label_fraction:g}; pseudo-label training needs some")
@@ -161,7 +161,7 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         elif self.store.is_complete(self.pseudo_round):
             self.pseudo_loader = self.build_pseudo_loader(self.pseudo_round)
         self.print_to_log_file(
-            f"pseudo-label joint training: {len(labelled)} labelled / {len(self.unlabeled_cases)} unlabelled cases; "
+            f"pseudo-label joint training: {len(labeled)} labelled / {len(self.unlabeled_cases)} unlabelled cases; "
             f"phase 1 (segmentation only) {self.phase1_iterations} iterations, pseudo-labels every "
             f"{self.pseudo_label_every} iterations, lambda_cont {self.lambda_cont}, mode {self.contrast_mode}, "
             f"|S_c| {self.pixels_per_class}, tau {self.contrast_temperature}")
@@ -192,7 +192,7 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         base = self.dataset_class(self.preprocessed_dataset_folder, list(self.unlabeled_cases),
                                   folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         transforms, initial_patch_size = self._training_transforms()
-        loader = nnUNetDataLoader(PseudoLabelledDataset(base, self.store, round_number), self.batch_size,
+        loader = nnUNetDataLoader(PseudoLabeledDataset(base, self.store, round_number), self.batch_size,
                                   initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
                                   oversample_foreground_percent=self.oversample_foreground_percent,
                                   sampling_probabilities=None, pad_sides=None, transforms=transforms,
@@ -282,14 +282,14 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         ``data``/``target``: labelled images and nnU-Net's (deep-supervision) targets;
         ``pseudo_data``/``pseudo_labels``: unlabelled images and their full-resolution pseudo-labels.
         Only the labelled part of the output and ``target`` reach ``self.loss``."""
-        n_labelled = data.shape[0]
+        n_labeled = data.shape[0]
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             with self.feature_tap:
                 output = self.network(torch.cat([data, pseudo_data]))
             features = self.feature_tap.pop()
-            labelled_output = [o[:n_labelled] for o in output] if isinstance(output, (list, tuple)) \
-                else output[:n_labelled]
-            segmentation_loss = self.loss(labelled_output, target)
+            labeled_output = [o[:n_labeled] for o in output] if isinstance(output, (list, tuple)) \
+                else output[:n_labeled]
+            segmentation_loss = self.loss(labeled_output, target)
         embeddings = self.contrastive_head(features.float())
         labels = torch.cat([_full_resolution(target), pseudo_labels])[:, 0]
         contrastive_loss = class_mean_contrast(embeddings, labels, self.num_contrast_classes, self.contrast_mode,
