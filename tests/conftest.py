@@ -31,6 +31,26 @@ def training_log(folder: str) -> str:
     return open(max(glob.glob(os.path.join(folder, "training_log_*.txt")), key=os.path.getmtime)).read()
 
 
+def parameters_with_gradient(module) -> set:
+    """Names of the parameters whose gradient is non-zero (all gradients must be finite). A convolution's bias
+    right before an InstanceNorm is left out: the normalisation removes it, so its gradient is zero up to
+    rounding."""
+    names = set()
+    for name, parameter in module.named_parameters():
+        if parameter.grad is None:
+            continue
+        assert torch.isfinite(parameter.grad).all(), name
+        if not name.endswith("conv.bias") and float(parameter.grad.abs().sum()) > 0:
+            names.add(name)
+    return names
+
+
+def parameters_under(module, prefixes) -> set:
+    """Names of the parameters under ``prefixes``, without convolution biases (see parameters_with_gradient)."""
+    return {name for name, _ in module.named_parameters()
+            if name.startswith(tuple(prefixes)) and not name.endswith("conv.bias")}
+
+
 class NnunetEnv:
     def __init__(self, root: str):
         self.root = root
