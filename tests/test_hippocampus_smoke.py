@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from tests.conftest import HIPPOCAMPUS, NnunetEnv
 
@@ -50,8 +51,21 @@ def test_hippocampus_pretrain_finetune_predict(tmp_path):
     env.run(["nnUNetv2_train", "4", "2d", "0", "-tr", trainer, "-device", "cpu"], **env.ext_trainer())
     fold = os.path.join(env.results, "Dataset004_Hippocampus", f"{trainer}__nnUNetPlans__2d", "fold_0")
     assert len(json.load(open(os.path.join(fold, "labeled_cases.json")))["labeled_cases"]) == 1  # 10 % of 8
+    # The fine-tuning started from the pre-trained encoder: two steps leave it close to the checkpoint.
+    pretrained = torch.load(os.path.join(env.results, "Dataset004_Hippocampus", "nnunet_cl", "pcl__nnUNetPlans__2d",
+                                         "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    finetuned = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    keys = [k for k in pretrained["network_weights"] if k.startswith("encoder.") and k.endswith("conv.weight")]
+    cosine = torch.nn.functional.cosine_similarity(
+        torch.cat([finetuned["network_weights"][k].flatten() for k in keys]),
+        torch.cat([pretrained["network_weights"][k].flatten() for k in keys]), dim=0)
+    assert float(cosine) > 0.95
+    # nnU-Net's validation covers exactly the fold's validation cases, each with both hippocampus labels.
     summary = json.load(open(os.path.join(fold, "validation", "summary.json")))
-    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    splits = json.load(open(os.path.join(env.preprocessed, "Dataset004_Hippocampus", "splits_final.json")))
+    validated = sorted(os.path.basename(c["reference_file"])[: -len(".nii.gz")] for c in summary["metric_per_case"])
+    assert validated == sorted(splits[0]["val"]) and len(validated) == 2
+    assert all(set(c["metrics"]) == {"1", "2"} for c in summary["metric_per_case"])
 
     out = tmp_path / "pred"
     env.run(["nnUNetv2_predict", "-i", os.path.join(env.raw, "Dataset004_Hippocampus", "imagesTs"), "-o", str(out),
