@@ -186,7 +186,15 @@ def test_tiny_benchmark_end_to_end_and_resume(synthetic_env, tmp_path):
     n_val = len(splits[0]["val"])
     assert len(rows) == 2 * n_val * 2                                # 2 runs x val cases x 2 classes
     assert {r["method"] for r in rows} == {"scratch", method} and {r["class"] for r in rows} == {"left", "right"}
-    assert all(0.0 <= float(r["dsc"]) <= 1.0 for r in rows)
+    # Every row holds what nnU-Net's own evaluation of the same validation prediction says for that case and class.
+    labels = json.load(open(os.path.join(synthetic_env.raw, "Dataset990_Synth", "dataset.json")))["labels"]
+    for row in rows:
+        trainer_folder = os.path.join(out, "nnUNet_results", "Dataset990_Synth", f"{row['trainer']}__nnUNetPlans__2d")
+        summary = json.load(open(os.path.join(trainer_folder, "fold_0", "validation", "summary.json")))
+        nnunet = next(c["metrics"][str(labels[row["class"]])] for c in summary["metric_per_case"]
+                      if os.path.basename(c["reference_file"]) == row["case"] + ".nii.gz")
+        assert (int(row["n_ref"]), int(row["n_pred"])) == (nnunet["n_ref"], nnunet["n_pred"]), row
+        assert int(row["n_ref"]) > 0 and float(row["dsc"]) == pytest.approx(nnunet["Dice"], abs=1e-9), row
     text = open(os.path.join(out, "results.md")).read()
     assert "| 25 % | scratch |" in text and f"| {method} |" in text and "HD95 (mm)" in text
     assert open(os.path.join(out, "results.png"), "rb").read(4) == b"\x89PNG"
