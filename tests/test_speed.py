@@ -1,6 +1,7 @@
 """The speed benchmark's instruments (no timing assertions: speed is measured by `nnunet_cl speed`)."""
 
 import json
+import statistics
 import types
 
 import pytest
@@ -36,14 +37,23 @@ def test_module_timer_counts_only_unet_forward_time(synthetic_context):
 def test_speed_table_for_one_method(synthetic_context, tmp_path):
     method = "simclr" if "simclr" in METHODS else next(iter(METHODS))
     out = tmp_path / "speed.md"
-    args = types.SimpleNamespace(dataset="990", plans="nnUNetPlans", methods=[method], batch_size=4, warmup=0,
-                                 repeats=1, cache_cases=1, device="cpu", output=str(out))
+    args = types.SimpleNamespace(dataset="990", plans="nnUNetPlans", methods=[method], batch_size=4, warmup=1,
+                                 repeats=3, cache_cases=1, device="cpu", output=str(out))
     run_speed(args)
     text = out.read_text()
-    assert "| supervised (nnU-Net) |" in text and f"| {method} |" in text
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["supervised (nnU-Net)", method]
-    assert all(r["step_s"] > 0 and 0.0 <= r["loss_share"] <= 1.0 for r in rows)
+    for row in rows:
+        # the warm-up iteration is not timed; the reported numbers are the medians of the timed ones
+        assert len(row["step_times"]) == len(row["batch_times"]) == 3
+        assert row["step_s"] == statistics.median(row["step_times"])
+        assert row["batch_s"] == statistics.median(row["batch_times"])
+        assert row["batch_over_step"] == pytest.approx(row["batch_s"] / row["step_s"])
+        # both losses (Dice + CE; the contrastive loss) take time of their own outside the U-Net, within the step
+        assert 0.0 < row["loss_share"] < 1.0
+    supervised = rows[0]["step_s"]
+    assert f"| supervised (nnU-Net) | {supervised:.3f} | 1.00 |" in text
+    assert f"| {method} | {rows[1]['step_s']:.3f} | {rows[1]['step_s'] / supervised:.2f} |" in text
 
 
 def test_speed_rejects_bad_arguments():
