@@ -83,7 +83,8 @@ def test_dominant_branch_equals_unet_decoder_forward_and_matches_auxiliary_size(
     small = torch.randn(2, 1, *method.dominant_size)
     captured = {}
     if k:
-        network.decoder.stages[k - 1].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+        network.decoder.stages[k - 1].register_forward_hook(
+            lambda module, inputs, output: captured.setdefault("out", output))
         network(small)  # the stock forward: decoder block k-1 sees exactly what our branch computes
     bottleneck, decoded = method.dominant_branch(network, small)
     assert torch.equal(bottleneck, network.encoder(small)[-1])

@@ -229,7 +229,7 @@ def test_segmentation_loss_sees_only_labeled_images_and_their_labels(pseudo_trai
     assert float(cont_a.detach()) != float(cont_b.detach())  # ... but they do enter the contrastive loss
     for output, tgt in seen:
         assert tgt is target                               # exactly the labelled batch's ground truth
-        assert all(o.shape[0] == 2 for o in output)        # only the 2 labelled images of the 4 forwarded
+        assert all(scale.shape[0] == 2 for scale in output)  # only the 2 labelled images of the 4 forwarded
     with torch.no_grad():
         alone = real_loss(trainer.network(data), target)   # the labelled images without the pseudo batch
     assert float(seg_a) == pytest.approx(float(alone), rel=1e-4)

@@ -287,7 +287,7 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
             with self.feature_tap:
                 output = self.network(torch.cat([data, pseudo_data]))
             features = self.feature_tap.pop()
-            labeled_output = [o[:n_labeled] for o in output] if isinstance(output, (list, tuple)) \
+            labeled_output = [scale[:n_labeled] for scale in output] if isinstance(output, (list, tuple)) \
                 else output[:n_labeled]
             segmentation_loss = self.loss(labeled_output, target)
         embeddings = self.contrastive_head(features.float())
@@ -329,7 +329,7 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
 
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
-        contrastive = np.array([float(o["contrastive_loss"]) for o in train_outputs])
+        contrastive = np.array([float(step["contrastive_loss"]) for step in train_outputs])
         if np.isfinite(contrastive).any():
             self.print_to_log_file(f"contrastive_loss {np.nanmean(contrastive):.4f} (pseudo-label round "
                                    f"{self.pseudo_round})")
