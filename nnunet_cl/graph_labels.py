@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from nnunet_cl.precision import float32_region
+
 
 def nearest_neighbours(embeddings: torch.Tensor) -> torch.Tensor:
     """``[N, D] -> [N]``: index of each row's most cosine-similar other row (no gradient)."""
-    with torch.no_grad():
+    with torch.no_grad(), float32_region(embeddings):     # a low-precision similarity can flip the argmax
         unit = F.normalize(embeddings.detach().float(), dim=-1)
         similarity = unit @ unit.T
         similarity.fill_diagonal_(float("-inf"))

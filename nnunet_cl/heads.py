@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nnunet_cl import distributed
+from nnunet_cl.precision import at_least_float32, float32_region
 
 
 class GlobalBatchStandardization(nn.Module):
@@ -26,12 +27,15 @@ class GlobalBatchStandardization(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x):
-        batch = distributed.gather(x)
-        if batch.shape[0] < 2:
-            raise ValueError("batch standardisation needs at least 2 rows in the (global) batch")
-        mean = batch.mean(dim=0)
-        var = batch.var(dim=0, unbiased=False)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        # float32 under mixed precision: a float16 variance of near-identical rows loses the differences
+        with float32_region(x):
+            x = at_least_float32(x)
+            batch = distributed.gather(x)
+            if batch.shape[0] < 2:
+                raise ValueError("batch standardisation needs at least 2 rows in the (global) batch")
+            mean = batch.mean(dim=0)
+            var = batch.var(dim=0, unbiased=False)
+            return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 class InstanceProjectionHead(nn.Module):

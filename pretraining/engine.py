@@ -9,6 +9,10 @@ SuperCL and JCL's public code.
 The method's hooks (``PretrainingMethod``): ``case_ids`` (which cases are sampled), ``begin_iteration``
 before each ``make_batch``, ``lr_cycle`` (multi-stage methods restart the cosine per stage),
 ``epoch_statistics`` (extra numbers per epoch).
+
+The engine's own hooks: ``batch_loader`` (where batches come from: ``nnUNet_n_proc_DA`` background
+workers, ``pretraining/loader.py``) and ``precision`` (autocast and gradient scaling of the step,
+``nnunet_cl/precision.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
+from nnunet_cl.precision import Precision, resolve_precision
+from nnunet_cl.pretraining.loader import BatchLoader, loader_workers
 from nnunet_cl.pretraining.methods import METHODS, get_method
 from nnunet_cl.pretraining.slices import PreprocessedSlices
 
@@ -50,6 +56,7 @@ class PretrainConfig:
     save_every: int = 1
     continue_training: bool = False
     options: dict = field(default_factory=dict)
+    precision: str = "auto"             # nnunet_cl.precision.PRECISIONS
 
 
 def cosine_lr(base_lr: float, iteration: int, total_iterations: int) -> float:
@@ -79,6 +86,8 @@ class Pretrainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if config.device == "cuda"
                                    and self.world_size > 1 else config.device)
         self.options = method_cls.resolve_options(config.options)
+        self.precision = self.step_precision()
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.precision.uses_grad_scaler else None
         self.lr = config.lr if config.lr is not None else method_cls.default_lr
         self.output_folder = self.context.pretraining_output_folder(method_cls.folder_name(self.options))
 
@@ -97,6 +106,20 @@ class Pretrainer:
         self.epoch = 0
         self.iteration = 0
         self.history: dict = {"epoch": [], "lr": []}
+
+    def step_precision(self) -> Precision:
+        """Autocast and gradient scaling of the training step (``--precision``; auto: float16 + GradScaler on
+        CUDA as nnU-Net's trainer, float32 on CPU)."""
+        return resolve_precision(self.config.precision, self.device)
+
+    def batch_loader(self) -> BatchLoader:
+        """The batches of iterations ``self.iteration ..`` to the end: ``nnUNet_n_proc_DA`` worker processes
+        (0: made in this process), each batch drawn from ``(seed, rank, iteration)``, so the same batches for
+        any worker count and an exact continuation after ``--c``."""
+        return BatchLoader(self.method, self.slices, self.local_batch_size, seed=self.config.seed, rank=self.rank,
+                           first_iteration=self.iteration, epochs=self.config.epochs,
+                           iters_per_epoch=self.config.iters_per_epoch, workers=loader_workers(),
+                           pin_memory=self.device.type == "cuda")
 
     def seed_rngs(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -133,6 +156,7 @@ class Pretrainer:
             "logging": self.history,
             "config": self.resolved_config(),
             "world_size": self.world_size,
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "rng_state": {"numpy_generator": self.rng.bit_generator.state, "numpy_global": np.random.get_state(),
                           "torch": torch.get_rng_state()},
         }
@@ -195,6 +219,8 @@ class Pretrainer:
             raise NnunetClError(f"{path} holds projection heads that do not match {self.config.method!r} with "
                                 f"these options or this nnunet_cl version; start without --c") from None
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state"):
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self.epoch, self.iteration = checkpoint["current_epoch"], checkpoint["iteration"]
         self.history = checkpoint["logging"]
         rng_state = checkpoint.get("rng_state")
@@ -218,16 +244,28 @@ class Pretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, terms = self.method.compute_loss(self.network, batch)
+        with self.precision.autocast(self.device):
+            loss, terms = self.method.compute_loss(self.network, batch)
         if not torch.isfinite(loss):
             raise NnunetClError(
                 f"loss became {float(loss)} at epoch {self.epoch}, iteration {self.iteration}; stopped. The last good "
                 f"checkpoint is kept in {self.output_folder}; lower --lr and resume with --c")
-        loss.backward()
         parameters = list(self.network.parameters()) + list(self.method.parameters())
+        # backward outside autocast, as nnU-Net; with float16 the loss is scaled and the gradients unscaled
+        # before clipping (a step with inf/nan gradients is skipped and the scale lowered)
+        if self.grad_scaler is None:
+            loss.backward()
+        else:
+            self.grad_scaler.scale(loss).backward()
         distributed.average_gradients(parameters)
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(parameters, 12)
-        self.optimizer.step()
+        if self.grad_scaler is None:
+            self.optimizer.step()
+        else:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
         self.iteration += 1
         return dict(terms, total=float(loss.detach()))
 
@@ -263,8 +301,11 @@ class Pretrainer:
         self.log(f"pre-training {self.config.method} on {self.context.dataset_name} ({self.slices.num_slices} slices "
                  f"of {len(self.slices.case_ids)} cases), patch {self.context.patch_size}, batch "
                  f"{self.config.batch_size}, {self.config.epochs} epochs x {self.config.iters_per_epoch} iterations, "
-                 f"lr {self.lr}, device {self.device}, options {self.options}")
+                 f"lr {self.lr}, device {self.device}, precision {self.precision.name}, options {self.options}")
         self.network.train(); self.method.train()
+        batches = self.batch_loader()
+        self.log(f"batches: {batches.workers} loader worker processes (nnUNet_n_proc_DA)" if batches.workers else
+                 "batches: made in the training process (nnUNet_n_proc_DA=0)")
         while self.epoch < self.config.epochs:
             start = time.time()
             sums: dict = {}
@@ -272,7 +313,7 @@ class Pretrainer:
                        leave=False, disable=None, mininterval=2)
             for _ in bar:
                 self.method.begin_iteration(self.iteration, self.config.epochs, self.config.iters_per_epoch)
-                terms = self.train_step(self.method.make_batch(self.slices, self.local_batch_size, self.rng))
+                terms = self.train_step(next(batches))
                 self.history.setdefault("iteration_loss", []).append(terms["total"])
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -292,6 +333,7 @@ class Pretrainer:
             if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
                 # latest is also written at the end, so --c with more --epochs continues from the newest state
                 self.save("checkpoint_latest.pth")
+        batches.close()
         self.save("checkpoint_final.pth")
         final = os.path.join(self.output_folder, "checkpoint_final.pth")
         self.log(f"done: {final}")

@@ -10,6 +10,8 @@ the same slice (labels, superpixels) can be cropped identically.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -25,6 +27,22 @@ class SliceWindow:
     position: float
     src: tuple      # (y0, y1, x0, x1) read from the slice
     dst: tuple      # (y0, y1, x0, x1) written into the patch
+
+
+# Case ids drawn by ``sample_windows`` while a batch is made: the loader names them when the batch fails.
+_drawn_cases: ContextVar[Optional[list]] = ContextVar("drawn_cases", default=None)
+
+
+@contextmanager
+def recording_drawn_cases():
+    """Inside the block, ``sample_windows`` of every ``PreprocessedSlices`` appends the case ids it draws to
+    the yielded list (in draw order)."""
+    cases: list = []
+    token = _drawn_cases.set(cases)
+    try:
+        yield cases
+    finally:
+        _drawn_cases.reset(token)
 
 
 class PreprocessedSlices:
@@ -92,6 +110,9 @@ class PreprocessedSlices:
         bounds = np.cumsum(self.depths)
         cases = np.searchsorted(bounds, slice_ids, side="right")
         zs = slice_ids - np.concatenate([[0], bounds])[cases]
+        drawn = _drawn_cases.get()
+        if drawn is not None:
+            drawn.extend(self.case_ids[int(c)] for c in cases)
         return [self.window(int(c), int(z), rng) for c, z in zip(cases, zs)]
 
     @staticmethod

@@ -26,13 +26,14 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from nnunet_cl.graph_labels import nearest_neighbours
+from nnunet_cl.precision import float32_region
 from nnunet_cl.masks import equal_label_mask, tile_views
 
 
 def nearest_other_sample(embeddings: torch.Tensor, n_views: int = 2) -> torch.Tensor:
     """``[V*B, D] -> [V*B]``: each row's most cosine-similar row among the other samples' views."""
     samples = tile_views(torch.arange(embeddings.shape[0] // n_views, device=embeddings.device), n_views)
-    with torch.no_grad():
+    with torch.no_grad(), float32_region(embeddings):     # a low-precision similarity can flip the argmax
         unit = F.normalize(embeddings.detach().float(), dim=-1)
         similarity = (unit @ unit.T).masked_fill(equal_label_mask(samples), float("-inf"))
         return similarity.argmax(dim=1)

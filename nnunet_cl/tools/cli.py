@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_cl.precision import PRECISIONS
 from nnunet_cl.tools.options import parse_option
 
 
@@ -23,6 +24,9 @@ def add_pretrain_parser(subparsers) -> None:
     p.add_argument("--save-every", type=int, default=1, help="write checkpoint_latest.pth every N epochs")
     p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda"), default="cuda"
                    if _cuda_available() else "cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast of the step: auto = float16 + gradient scaler on CUDA (as nnU-Net), float32 on CPU; "
+                        "bfloat16 also on CPU")
     p.add_argument("--c", dest="continue_training", action="store_true", help="resume from checkpoint_latest.pth")
     p.add_argument("-o", "--option", dest="options", action="append", type=parse_option, default=[],
                    metavar="KEY=VALUE", help="method option, e.g. -o temperature=0.2 (repeatable)")
@@ -47,6 +51,7 @@ def run_pretrain(args) -> None:
                             plans=args.plans, epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                             save_every=args.save_every, continue_training=args.continue_training,
+                            precision=args.precision,
                             options=dict(args.options, **_label_options(args)))
     from nnunet_cl import distributed
     final = Pretrainer(config).run()

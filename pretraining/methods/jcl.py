@@ -53,6 +53,7 @@ from nnunet_cl.heads import InstanceProjectionHead, PixelProjectionHead
 from nnunet_cl.losses import multi_positive_info_nce
 from nnunet_cl.losses.dense_positional import location_wise_info_nce
 from nnunet_cl.masks import positional_positive_mask
+from nnunet_cl.precision import at_least_float32, float32_region
 from nnunet_cl.pretraining.methods import register
 from nnunet_cl.pretraining.methods.base import PretrainingMethod
 from nnunet_cl.pretraining.views import apply_per_sample, geometric_pipeline, intensity_pipeline
@@ -117,8 +118,10 @@ def resolve_crop(option: str, patch_size, total_stride, upsampling, k: int) -> t
 def equivariance_loss(dominant_bottleneck: torch.Tensor, auxiliary_bottleneck: torch.Tensor) -> torch.Tensor:
     """L_ER (paper eq. 12): mean absolute difference between the dominant bottleneck Y and the auxiliary
     bottleneck area-downsampled to Y's size (mean over elements, as ``F.l1_loss``)."""
-    downsampled = F.interpolate(auxiliary_bottleneck, size=dominant_bottleneck.shape[2:], mode="area")
-    return F.l1_loss(dominant_bottleneck, downsampled)
+    with float32_region(dominant_bottleneck):     # a mean over all elements: float32 under mixed precision
+        dominant_bottleneck, auxiliary_bottleneck = map(at_least_float32, (dominant_bottleneck, auxiliary_bottleneck))
+        downsampled = F.interpolate(auxiliary_bottleneck, size=dominant_bottleneck.shape[2:], mode="area")
+        return F.l1_loss(dominant_bottleneck, downsampled)
 
 
 @register

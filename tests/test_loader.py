@@ -1,0 +1,138 @@
+"""Background batches (pretraining/loader.py): workers give the in-process batches, --c continues the stream,
+a failing batch is one line naming the method and the cases, and no worker outlives the training process."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from nnunet_cl.errors import NnunetClError
+from nnunet_cl.pretraining.loader import BatchLoader
+from nnunet_cl.pretraining.methods import METHODS
+from nnunet_cl.pretraining.methods.instance import PCL
+from tests.conftest import console_script
+
+# Small options on the synthetic data; semi_local crosses its stage boundary (iteration 2 of 4), so the
+# workers must switch stage through begin_iteration exactly as the training process does.
+METHOD_OPTIONS = {"semi_local": {"fraction": 0.5, "fold": "0", "stage1_fraction": 0.5}}
+EPOCHS, ITERS, BATCH = 2, 2, 4
+
+
+def engine(method):
+    from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
+    return Pretrainer(PretrainConfig(dataset="990", method=method, epochs=EPOCHS, iters_per_epoch=ITERS,
+                                     batch_size=BATCH, device="cpu", seed=3,
+                                     options=dict(METHOD_OPTIONS.get(method, {}))))
+
+
+def batches(trainer, workers, first_iteration=0, method=None):
+    loader = BatchLoader(method or trainer.method, trainer.slices, BATCH, seed=3, rank=0,
+                         first_iteration=first_iteration, epochs=EPOCHS, iters_per_epoch=ITERS, workers=workers)
+    return list(loader)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_workers_and_resume_give_the_in_process_batches(synthetic_context, one_torch_thread, method):
+    trainer = engine(method)
+    in_process = batches(trainer, workers=0)
+    assert len(in_process) == EPOCHS * ITERS
+    assert not all(torch.equal(in_process[0][k], in_process[1][k]) for k in in_process[0])   # batches differ
+    with_workers = batches(trainer, workers=2)
+    resumed = batches(trainer, workers=1, first_iteration=ITERS + 1)     # --c after the first epoch and one step
+    for expected, *others in zip(in_process, with_workers, [None] * (ITERS + 1) + resumed):
+        for got in others:
+            if got is None:
+                continue
+            assert got.keys() == expected.keys()
+            for key in expected:
+                # one torch thread everywhere: the augmentations' float ops round identically
+                assert torch.equal(got[key], expected[key]), key
+
+
+def test_making_batches_leaves_the_global_generators_alone(synthetic_context, one_torch_thread):
+    trainer = engine("simclr")
+    torch_state, numpy_state = torch.get_rng_state(), __import__("numpy").random.get_state()[1].copy()
+    batches(trainer, workers=0)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert (__import__("numpy").random.get_state()[1] == numpy_state).all()
+
+
+class FailingPCL(PCL):
+    """PCL whose batch fails after it drew its slices (stands for a corrupt case or a failing transform)."""
+    supports_distributed = True
+
+    def make_batch(self, slices, batch_size, rng):
+        slices.sample_windows(batch_size, rng)
+        raise ValueError("broken\nsecond line")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_failed_batch_is_one_line_naming_method_worker_and_cases(synthetic_context, one_torch_thread, workers):
+    trainer = engine("pcl")
+    failing = FailingPCL(trainer.network, synthetic_context, trainer.options)
+    with pytest.raises(NnunetClError) as raised:
+        batches(trainer, workers, method=failing)
+    message = raised.value.message
+    assert "\n" not in message and message.startswith("method pcl: making the batch of iteration 0 failed")
+    assert ("loader worker 0" if workers else "the training process") in message
+    assert "ValueError: broken second line" in message
+    assert any(case in message for case in trainer.slices.case_ids)
+
+
+# ------------------------------------------------------------------------------------------- no orphans
+def children(pid: int) -> list:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "Ctrl-C"])
+def test_workers_die_with_the_training_process(synthetic_env, how):
+    args = [console_script("nnunet_cl"), "pretrain", "-d", "990", "-m", "simclr", "--epochs", "1",
+            "--iters-per-epoch", "100000", "--batch-size", "4", "-device", "cpu", "--seed", "1"]
+    proc = subprocess.Popen(args, env=synthetic_env.env(nnUNet_n_proc_DA=2), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        workers = []
+        while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            workers = children(proc.pid)
+        assert len(workers) == 2, f"expected 2 loader workers, found {workers}"
+        if how == "Ctrl-C":
+            os.killpg(proc.pid, signal.SIGINT)        # the terminal sends it to the whole foreground group
+        else:
+            proc.send_signal(getattr(signal, how))    # the parent only
+        proc.wait(timeout=120)
+        deadline = time.time() + 60                    # a liveness bound, not a timing measurement
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(w) for w in workers), "a loader worker outlived the training process"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
