@@ -11,7 +11,8 @@
 
 Autocast runs convolutions and matrix products in the low precision. The loss code's numerically
 sensitive parts opt out with :func:`float32_region`: the contrastive kernel (normalisation, similarity
-matrix, log-sum-exp, the pairwise log-sum-exp's custom backward), the heads' batch standardisation, and
+matrix, log-sum-exp, the pairwise log-sum-exp's custom backward), the instance projection head (pooling
+and batch standardisation of nearly equal slice features), JCL's L_ER, and
 the nearest-neighbour graphs that turn similarities into weak labels (a rounding difference there flips
 an ``argmax``).
 """
