@@ -38,7 +38,8 @@ def test_speed_table_for_one_method(synthetic_context, tmp_path):
     method = "simclr" if "simclr" in METHODS else next(iter(METHODS))
     out = tmp_path / "speed.md"
     args = types.SimpleNamespace(dataset="990", plans="nnUNetPlans", methods=[method], batch_size=4, warmup=1,
-                                 repeats=3, cache_cases=1, device="cpu", output=str(out))
+                                 repeats=3, cache_cases=1, device="cpu", output=str(out), loader_workers=[0, 1],
+                                 loader_rounds=1)
     run_speed(args)
     text = out.read_text()
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
@@ -54,10 +55,16 @@ def test_speed_table_for_one_method(synthetic_context, tmp_path):
     supervised = rows[0]["step_s"]
     assert f"| supervised (nnU-Net) | {supervised:.3f} | 1.00 |" in text
     assert f"| {method} | {rows[1]['step_s']:.3f} | {rows[1]['step_s'] / supervised:.2f} |" in text
+    assert "loader batches/s (0 / 1 workers) | 1 / 0 workers | iteration, in-process (s) | iteration, 1 workers (s)" in text
+    loader = rows[1]
+    assert set(loader["loader_batches_per_s"]) == {"0", "1"} and all(v > 0 for v in loader["loader_batches_per_s"].values())
+    assert loader["loader_speedup"] == loader["loader_batches_per_s"]["1"] / loader["loader_batches_per_s"]["0"]
+    assert loader["iteration_overlapped_s"] > 0
 
 
 def test_speed_rejects_bad_arguments():
     args = types.SimpleNamespace(dataset="990", plans="nnUNetPlans", methods=None, batch_size=1, warmup=0,
-                                 repeats=1, cache_cases=1, device="cpu", output="x.md")
+                                 repeats=1, cache_cases=1, device="cpu", output="x.md", loader_workers=[0],
+                                 loader_rounds=1)
     with pytest.raises(NnunetClError, match="batch-size"):
         run_speed(args)

@@ -16,9 +16,17 @@ Per row, after ``--warmup`` untimed iterations, the median over ``--repeats`` it
   spent in the U-Net's encoder/decoder stage modules during it (measured with forward hooks),
   divided by the step. It covers heads, masks, InfoNCE (methods) or Dice + CE (supervised), forward
   only: their share of the backward pass is not separated.
-* **batch**: producing one batch (methods: ``make_batch``; supervised: ``next()`` on nnU-Net's
-  loader), its throughput (batches/s) and **batch / step**: above 1 the data pipeline, not the
-  network, limits the iteration (the engine makes batches in the training process).
+* **batch**: producing one batch in the training process (methods: the engine's loader with
+  ``nnUNet_n_proc_DA=0``, i.e. ``make_batch``; supervised: ``next()`` on nnU-Net's loader), its
+  throughput (batches/s) and **batch / step**: above 1 the data pipeline, not the network, limits an
+  iteration that makes its batch in the training process.
+* **loader** (methods): batches/s of the engine's loader alone (``pretraining/loader.py``) with each of
+  ``--loader-workers`` background processes (default 0, 1, 2): per count, ``--loader-rounds`` rounds
+  (interleaved over the counts, each with a fresh loader whose start-up and first ``warmup`` batches are
+  not timed) of ``repeats`` batches; the median round. **N / 0 workers** is the ratio of those medians
+  for the largest count. **iteration**: median wall time of fetching the next batch plus the step, with
+  the batch made in the training process (batch + step) and with the largest worker count, the loader
+  working in the background while the network trains.
 * **superpixels** (methods with SLIC parameters, when the SuperCL module is installed): SLIC time per
   slice for building the cache, timed on ``--cache-cases`` cases (the cache itself is not touched).
 
@@ -31,6 +39,7 @@ CPU timings of a shared machine are noisy: the report records the load average n
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -45,6 +54,7 @@ from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.nnunet_context import load_dataset_context
 from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
+from nnunet_cl.pretraining.loader import BatchLoader
 from nnunet_cl.pretraining.methods import METHODS, get_method
 from nnunet_cl.pretraining.superpixels import superpixel_volume
 from nnunet_cl.tools.benchmark import machine_description
@@ -62,6 +72,9 @@ def add_speed_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--cache-cases", type=int, default=5, help="cases timed for the superpixel cache (default 5)")
+    p.add_argument("--loader-workers", type=int, nargs="+", default=[0, 1, 2],
+                   help="loader worker processes timed per method (default 0 1 2; 0 = in the training process)")
+    p.add_argument("--loader-rounds", type=int, default=3, help="timed rounds per worker count (median; default 3)")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("-o", "--output", default="speed.md", help="markdown table (a .json with the raw numbers beside it)")
     p.set_defaults(func=run_speed)
@@ -191,22 +204,70 @@ def supervised_row(context, batch_size: int, device, warmup: int, repeats: int) 
     return dict(row, name="supervised (nnU-Net)")
 
 
-def method_row(context, name: str, batch_size: int, device, warmup: int, repeats: int, cache_cases: int) -> dict:
+LOADER_ITERATIONS = 10 ** 6    # iterations per epoch of the timed engine: more than any loader round needs
+
+
+def method_row(context, name: str, batch_size: int, device, warmup: int, repeats: int, cache_cases: int,
+               loader_workers=(0, 1, 2), loader_rounds: int = 3) -> dict:
     method_cls = get_method(name)
     # Label-aware methods need a labelled subset: the 10 % subset of fold 0, as the benchmark's first cell.
     options = {"fraction": 0.1, "fold": "0"} if method_cls.is_label_aware() else {}
     config = PretrainConfig(dataset=context.dataset_name, method=name, plans=context.plans_identifier,
-                            batch_size=batch_size, device=device.type, epochs=2, iters_per_epoch=warmup + repeats,
+                            batch_size=batch_size, device=device.type, epochs=2, iters_per_epoch=LOADER_ITERATIONS,
                             options=options)
     engine = Pretrainer(config)
     engine.network.train(), engine.method.train()
-    # Multi-stage methods: time their last stage (e.g. semi_local's label-aware local stage).
-    last = config.epochs * config.iters_per_epoch - 1
-    engine.method.begin_iteration(last, config.epochs, config.iters_per_epoch)
-    row = measure(lambda: engine.method.make_batch(engine.slices, batch_size, engine.rng), engine.train_step,
-                  engine.method, "compute_loss", engine.network, device, warmup, repeats)
+    # Batches of the second (last) epoch: multi-stage methods are timed in their last stage (e.g. semi_local's
+    # label-aware local stage).
+    loader = functools.partial(BatchLoader, engine.method, engine.slices, engine.local_batch_size, seed=config.seed,
+                               rank=engine.rank, first_iteration=LOADER_ITERATIONS, epochs=config.epochs,
+                               iters_per_epoch=LOADER_ITERATIONS, pin_memory=device.type == "cuda")
+    in_process = loader(workers=0)
+    try:
+        row = measure(lambda: next(in_process), engine.train_step, engine.method, "compute_loss", engine.network,
+                      device, warmup, repeats)
+    finally:
+        in_process.close()
+    row.update(loader_columns(loader, engine, device, loader_workers, loader_rounds, warmup, repeats))
     row["superpixel_ms_per_slice"] = superpixel_time(engine.method, engine.slices, cache_cases)
     return dict(row, name=name)
+
+
+def loader_columns(loader, engine, device, worker_counts, rounds: int, warmup: int, repeats: int) -> dict:
+    """Batches/s of the loader alone per worker count (median of ``rounds``), and the iteration time (next batch
+    + step) with the largest count working in the background."""
+    rates: dict = {workers: [] for workers in worker_counts}
+    for _ in range(rounds):
+        for workers in worker_counts:              # interleaved: slow drifts of the machine's load hit every count
+            batches = loader(workers=workers)
+            try:
+                for _ in range(warmup + 1):        # start-up (fork, first reads) is not timed
+                    next(batches)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    next(batches)
+                rates[workers].append(repeats / (time.perf_counter() - start))
+            finally:
+                batches.close()
+    most = max(worker_counts)
+    batches = loader(workers=most)
+    iteration_times = []
+    try:
+        for i in range(warmup + 1 + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            engine.train_step(next(batches))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i > warmup:
+                iteration_times.append(time.perf_counter() - start)
+    finally:
+        batches.close()
+    medians = {workers: statistics.median(values) for workers, values in rates.items()}
+    return {"loader_batches_per_s": medians, "loader_rounds": rates, "loader_most_workers": most,
+            "loader_speedup": medians[most] / medians[min(worker_counts)],
+            "iteration_overlapped_s": statistics.median(iteration_times)}
 
 
 def superpixel_time(method, slices, cache_cases: int):
@@ -227,24 +288,40 @@ def superpixel_time(method, slices, cache_cases: int):
 # ---------------------------------------------------------------------------------------------- report
 def format_table(rows: list, header: list) -> str:
     supervised = rows[0]["step_s"]
+    counts = next((sorted(r["loader_batches_per_s"]) for r in rows if "loader_batches_per_s" in r), [])
+    most = max(counts, default=0)
+    loader_header = f"loader batches/s ({' / '.join(map(str, counts))} workers) | {most} / {min(counts, default=0)} " \
+                    f"workers | iteration, in-process (s) | iteration, {most} workers (s)"
     lines = list(header) + ["", "| method | step (s) | step / supervised | step CPU (s) | loss share | batch (s) | batches/s | "
-                                "batch / step | superpixels (ms/slice) |", "|---|---|---|---|---|---|---|---|---|"]
+                                f"batch / step | {loader_header} | superpixels (ms/slice) |",
+                            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sp = row.get("superpixel_ms_per_slice")
+        if "loader_batches_per_s" in row:
+            rates = row["loader_batches_per_s"]
+            loader = (f"{' / '.join(f'{rates[c]:.1f}' for c in counts)} | {row['loader_speedup']:.2f} | "
+                      f"{row['batch_s'] + row['step_s']:.3f} | {row['iteration_overlapped_s']:.3f}")
+        else:
+            loader = "— | — | — | —"
         lines.append(f"| {row['name']} | {row['step_s']:.3f} | {row['step_s'] / supervised:.2f} | {row['step_cpu_s']:.3f} | "
                      f"{100 * row['loss_share']:.1f} % | {row['batch_s']:.3f} | {row['batches_per_s']:.1f} | "
-                     f"{row['batch_over_step']:.2f} | {'—' if sp is None else f'{sp:.1f}'} |")
+                     f"{row['batch_over_step']:.2f} | {loader} | {'—' if sp is None else f'{sp:.1f}'} |")
     lines += ["", "step: median wall time of one optimisation step on a ready batch (step CPU: its CPU time over all "
               "threads, less sensitive to other load on the machine); loss share: time in the loss "
-              "outside the U-Net's modules (forward only) / step; batch: time to produce one batch (methods: "
-              "make_batch; supervised: nnU-Net's loader with its augmentation, in-process); superpixels: SLIC per "
-              "slice when building the SuperCL cache."]
+              "outside the U-Net's modules (forward only) / step; batch: time to produce one batch in the training "
+              "process (methods: the engine's loader with 0 workers; supervised: nnU-Net's loader with its "
+              "augmentation, in-process); loader: batches/s of the engine's loader alone per worker count (median "
+              "of rounds) and the ratio of the largest count to the smallest; iteration: next batch + step, with the "
+              "batch made in-process (batch + step) and by the largest number of background workers; "
+              "superpixels: SLIC per slice when building the SuperCL cache."]
     return "\n".join(lines) + "\n"
 
 
 def run_speed(args) -> None:
     if args.batch_size < 2 or args.repeats < 1 or args.warmup < 0:
         raise NnunetClError("--batch-size must be >= 2, --repeats >= 1 and --warmup >= 0")
+    if min(args.loader_workers) < 0 or args.loader_rounds < 1:
+        raise NnunetClError("--loader-workers must be >= 0 (0 = in the training process) and --loader-rounds >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise NnunetClError("-device cuda was requested but no CUDA device is available; use -device cpu")
     methods = args.methods or list(METHODS)
@@ -264,7 +341,7 @@ def run_speed(args) -> None:
         for name in methods:
             print(f"{name} ...", flush=True)
             rows.append(method_row(context, name, args.batch_size, device, args.warmup, args.repeats,
-                                   args.cache_cases))
+                                   args.cache_cases, sorted(set(args.loader_workers)), args.loader_rounds))
     finally:
         import shutil
         shutil.rmtree(scratch, ignore_errors=True)
@@ -275,7 +352,8 @@ def run_speed(args) -> None:
     header = [f"## Speed: {context.dataset_name}, 2d patch {list(context.patch_size)}, batch {args.batch_size}, "
               f"device {args.device}", "",
               f"- command: `nnunet_cl speed -d {args.dataset} --batch-size {args.batch_size} --warmup {args.warmup} "
-              f"--repeats {args.repeats}" + (f" -m {' '.join(args.methods)}" if args.methods else "") + "`",
+              f"--repeats {args.repeats} --loader-workers {' '.join(map(str, args.loader_workers))} --loader-rounds "
+              f"{args.loader_rounds}" + (f" -m {' '.join(args.methods)}" if args.methods else "") + "`",
               f"- date: {started:%Y-%m-%d %H:%M}; machine: {machine_description()}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads",
               f"- medians over {args.repeats} iterations after {args.warmup} warm-up iterations"]
