@@ -114,9 +114,11 @@ def test_two_process_global_batch_equals_single_process(synthetic_context, tmp_p
 def test_torchrun_cli(synthetic_env):
     synthetic_env.run(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "nnunet_cl", "pretrain", "-d", "990",
                        "-m", "simclr", "--epochs", "1", "--iters-per-epoch", "2",
-                       "--batch-size", "4", "-device", "cpu", "--seed", "3"], OMP_NUM_THREADS="1")
+                       "--batch-size", "4", "-device", "cpu", "--seed", "3"], OMP_NUM_THREADS="1",
+                      nnUNet_n_proc_DA="1")   # one loader worker per rank
     folder = os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "simclr__nnUNetPlans__2d")
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["world_size"] == 2 and checkpoint["iteration"] == 2
     log = open(os.path.join(folder, "pretrain_log.txt")).read()
     assert log.count("epoch 1/1") == 1  # only rank 0 writes
+    assert "batches: 1 loader worker processes" in log
