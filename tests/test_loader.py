@@ -136,3 +136,26 @@ def test_workers_die_with_the_training_process(synthetic_env, how):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.integration
+def test_resume_with_workers_continues_the_in_process_run(synthetic_env):
+    """--c with loader workers: the losses of an interrupted-and-resumed run equal an uninterrupted in-process run."""
+    folder = os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "simclr__nnUNetPlans__2d")
+    args = [console_script("nnunet_cl"), "pretrain", "-d", "990", "-m", "simclr", "--epochs", "2",
+            "--iters-per-epoch", "3", "--batch-size", "4", "-device", "cpu", "--seed", "4"]
+
+    def run(workers, *extra):
+        subprocess.run(args + list(extra), env=synthetic_env.env(nnUNet_n_proc_DA=workers, OMP_NUM_THREADS=1),
+                       check=True, capture_output=True, timeout=900)
+        return torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)["logging"]["iteration_loss"]
+
+    in_process = run(0)
+    run(2)
+    # "interrupt" after epoch 1: its checkpoint (rotated to previous by epoch 2's save) becomes the latest
+    for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
+        os.remove(os.path.join(folder, name))
+    os.replace(os.path.join(folder, "checkpoint_previous.pth"), os.path.join(folder, "checkpoint_latest.pth"))
+    resumed = run(2, "--c")
+    assert len(resumed) == len(in_process) == 6
+    assert resumed == pytest.approx(in_process, rel=1e-6)
