@@ -69,6 +69,8 @@ class Pretrainer:
             raise NnunetClError("--epochs and --iters-per-epoch must be >= 1 and --batch-size >= 2 "
                                 "(a contrastive batch needs negatives)")
         self.config = config
+        # nnUNet_n_proc_DA first: nnU-Net's own modules fail on import with a traceback when it is not a number
+        self.loader_workers = loader_workers()
         method_cls = get_method(config.method)
         self.context = load_dataset_context(config.dataset, config.plans, config.configuration)
         if config.device == "cuda" and not torch.cuda.is_available():
@@ -118,7 +120,7 @@ class Pretrainer:
         any worker count and an exact continuation after ``--c``."""
         return BatchLoader(self.method, self.slices, self.local_batch_size, seed=self.config.seed, rank=self.rank,
                            first_iteration=self.iteration, epochs=self.config.epochs,
-                           iters_per_epoch=self.config.iters_per_epoch, workers=loader_workers(),
+                           iters_per_epoch=self.config.iters_per_epoch, workers=self.loader_workers,
                            pin_memory=self.device.type == "cuda")
 
     def seed_rngs(self, seed: int) -> None:
