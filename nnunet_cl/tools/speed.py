@@ -30,7 +30,7 @@ Per row, after ``--warmup`` untimed iterations, the median over ``--repeats`` it
 * **superpixels** (methods with SLIC parameters, when the SuperCL module is installed): SLIC time per
   slice for building the cache, timed on ``--cache-cases`` cases (the cache itself is not touched).
 
-Multi-stage methods are timed in their last stage (``begin_iteration`` at the final iteration), and a
+Multi-stage methods are timed in their last stage (the batches of the second of two epochs), and a
 stage that uses its own batch size by design (semi_local's local stage: ``stage2_batch_size``, 4) is
 timed at that size. Label-aware methods use the 10 % subset of fold 0.
 
