@@ -54,8 +54,9 @@ def select_prefixed(state_dict: dict, prefixes: Iterable[str]) -> dict:
 
 
 def load_pretrained_part(network, checkpoint: dict, path: str = "checkpoint",
-                         expected_method: Optional[str] = None) -> list[str]:
+                         expected_method: Optional[str] = None, prefixes: Optional[Iterable[str]] = None) -> list[str]:
     """Copy the pre-trained keys of ``checkpoint`` into ``network``; everything else keeps its init.
+    ``prefixes`` (default: the checkpoint's ``pretrained_prefixes``) selects a part of them.
 
     Refuses (clear error) a checkpoint of another method or of another architecture, naming the
     mismatched keys and the fix. Returns the loaded keys.
@@ -64,7 +65,8 @@ def load_pretrained_part(network, checkpoint: dict, path: str = "checkpoint",
         raise NnunetClError(f"{path} was pre-trained with method {checkpoint['method']!r}, not {expected_method!r}; "
                             f"point to a {expected_method} checkpoint or use the matching Init trainer")
     own = network.state_dict()
-    pretrained = select_prefixed(checkpoint["network_weights"], checkpoint["pretrained_prefixes"])
+    prefixes = list(checkpoint["pretrained_prefixes"] if prefixes is None else prefixes)
+    pretrained = select_prefixed(checkpoint["network_weights"], prefixes)
     mismatched = [k for k, v in pretrained.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
     if mismatched or checkpoint["architecture_fingerprint"] != architecture_fingerprint(network):
         detail = ", ".join(f"{k} {tuple(pretrained[k].shape)} vs "
@@ -74,6 +76,6 @@ def load_pretrained_part(network, checkpoint: dict, path: str = "checkpoint",
             + (f"; mismatched keys: {detail}" if detail else "") + "); pre-train with the same plans as the "
             "fine-tuning run, or copy the plans with nnUNetv2_move_plans_between_datasets")
     if not pretrained:
-        raise NnunetClError(f"{path} holds no weights under the prefixes {checkpoint['pretrained_prefixes']}")
+        raise NnunetClError(f"{path} holds no weights under the prefixes {prefixes}")
     network.load_state_dict(pretrained, strict=False)
     return sorted(pretrained)

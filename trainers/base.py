@@ -10,6 +10,8 @@ drawing it costs about as much as a few training iterations of a small 2d networ
 ``nnUNet_cl_val_mirroring=0`` runs the final validation without test-time mirroring (4x fewer forward passes
 for 2d; used by the benchmark's ``cpu`` preset). The checkpoint keeps the mirror axes, so ``nnUNetv2_predict``
 still mirrors unless given ``--disable_tta``.
+``nnUNet_cl_finetune_schedule`` / ``nnUNet_cl_finetune_peak_lr``: optimiser and lr curve
+(:mod:`nnunet_cl.trainers.finetune_schedules`; unset: nnU-Net's).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
+from nnunet_cl.trainers.finetune_schedules import SCHEDULE_ENV, parameters_under, schedule_from_env
 
 BUDGET_VARIABLES = {
     "nnUNet_cl_num_epochs": "num_epochs",
@@ -74,6 +77,54 @@ class nnUNetTrainerCL(nnUNetTrainer):
         threads = _positive_int_env("nnUNet_cl_num_threads")
         if threads is not None:
             torch.set_num_threads(threads)
+        self.finetune_schedule = schedule_from_env(self.num_epochs, self.starts_from_pretrained_weights(),
+                                                   self.initial_lr)
+        if self.is_ddp and self.finetune_schedule.decoder_only(0):
+            raise NnunetClError(f"{SCHEDULE_ENV}={self.finetune_schedule.name} freezes part of the network, which "
+                                "DistributedDataParallel does not allow mid-run; train on one GPU or choose another "
+                                "schedule")
+        self.initial_lr = self.finetune_schedule.peak_lr
+        self.decoder_only_phase = None    # unknown until the first epoch starts
+
+    def starts_from_pretrained_weights(self) -> bool:
+        """Pre-trained starts get the schedules' pre-trained defaults (e.g. a lower peak lr)."""
+        return False
+
+    def decoder_phase_frozen_prefixes(self) -> tuple:
+        """State-dict prefixes that a decoder-only phase freezes (Init trainers: the pre-trained part)."""
+        return ("encoder.",)
+
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()    # nnU-Net's SGD + poly at self.initial_lr
+        optimizer = self.finetune_schedule.make_optimizer(optimizer, self.network.parameters(), self.weight_decay)
+        return optimizer, self.finetune_schedule.make_lr_scheduler(optimizer, lr_scheduler)
+
+    def set_decoder_only(self, decoder_only: bool) -> None:
+        """Freeze (``requires_grad=False``) or release the decoder phase's frozen part. A frozen parameter gets no
+        gradient, and SGD / Adam skip parameters without one: neither momentum nor weight decay moves it."""
+        if decoder_only == self.decoder_only_phase:
+            return
+        prefixes = self.decoder_phase_frozen_prefixes()
+        frozen = parameters_under(unwrap_network(self.network), prefixes)
+        for parameter in frozen:
+            parameter.requires_grad_(not decoder_only)
+        if decoder_only:
+            self.print_to_log_file(f"{self.finetune_schedule.name}: decoder-only phase, {len(frozen)} parameter "
+                                   f"tensors under {list(prefixes)} frozen")
+        elif self.decoder_only_phase is not None:
+            self.print_to_log_file(f"{self.finetune_schedule.name}: whole network trains from epoch "
+                                   f"{self.current_epoch}")
+        self.decoder_only_phase = decoder_only
+
+    def on_train_start(self):
+        self.remove_stale_checkpoint_temps()
+        super().on_train_start()
+        self.print_to_log_file(f"fine-tuning schedule {self.finetune_schedule.name} ({SCHEDULE_ENV}): "
+                               f"{self.finetune_schedule.describe()}")
+
+    def on_train_epoch_start(self):
+        self.set_decoder_only(self.finetune_schedule.decoder_only(self.current_epoch))
+        super().on_train_epoch_start()
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
@@ -124,10 +175,6 @@ class nnUNetTrainerCL(nnUNetTrainer):
             return super().on_epoch_end()
         finally:
             del self.logger.plot_progress_png
-
-    def on_train_start(self):
-        self.remove_stale_checkpoint_temps()
-        super().on_train_start()
 
     def remove_stale_checkpoint_temps(self) -> None:
         """Temp files of checkpoint writes that a killed run left behind (never a complete checkpoint)."""

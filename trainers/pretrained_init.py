@@ -7,19 +7,58 @@ keep nnU-Net's fresh initialisation. The checkpoint is looked up at
     $nnUNet_results/<Dataset>/nnunet_cl/<method folder>__<plans>__<configuration>/checkpoint_final.pth
 
 unless ``nnUNet_cl_pretrained_checkpoint`` names a file.
+
+``nnUNet_cl_pretrained_parts=encoder`` loads only the encoder of a checkpoint whose method also trained
+decoder blocks (JCL, semi_local); ``all`` (default) loads every prefix the method trained.
+``nnUNet_cl_weight_norm_reset=1`` rescales every loaded conv weight to the norm nnU-Net's initialisation gave
+that layer in this run (the network's own weight before loading; see :mod:`nnunet_cl.trainers.weight_norm`).
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
+
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
+from nnunet_cl.errors import NnunetClError
 from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
+from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms
 
 CHECKPOINT_ENV = "nnUNet_cl_pretrained_checkpoint"
+PARTS_ENV = "nnUNet_cl_pretrained_parts"
+PARTS = ("all", "encoder")
+ENCODER_PREFIX = "encoder."
+
+
+def selected_prefixes(pretrained_prefixes, parts: str) -> list:
+    """The checkpoint prefixes to load for ``parts`` ("all": every one; "encoder": those inside the encoder)."""
+    if parts == "all":
+        return list(pretrained_prefixes)
+    return [p for p in pretrained_prefixes if p.startswith(ENCODER_PREFIX)]
 
 
 class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pretrained_parts = os.environ.get(PARTS_ENV) or "all"
+        if self.pretrained_parts not in PARTS:
+            raise NnunetClError(f"{PARTS_ENV}={self.pretrained_parts!r} must be 'all' (every part the method "
+                                f"pre-trained, the default) or 'encoder' (only the encoder)")
+        reset = os.environ.get(RESET_ENV) or "0"
+        if reset not in ("0", "1"):
+            raise NnunetClError(f"{RESET_ENV}={reset!r} must be 1 (rescale loaded conv weights to nnU-Net's "
+                                f"initialisation norms) or 0 / unset (keep them)")
+        self.weight_norm_reset = reset == "1"
+        self.loaded_prefixes = []
+
+    def starts_from_pretrained_weights(self) -> bool:
+        return True
+
+    def decoder_phase_frozen_prefixes(self) -> tuple:
+        return tuple(self.loaded_prefixes)
+
     def method_options(self) -> dict:
         """Options that decide the checkpoint folder (label-aware methods: fraction and fold)."""
         return {}
@@ -49,8 +88,23 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
         hint = f"{self.pretrain_hint()} (or set {CHECKPOINT_ENV})"
         checkpoint = load_checkpoint(path, pretrain_hint=hint)
         self.check_checkpoint(checkpoint, path)
-        loaded = load_pretrained_part(unwrap_network(self.network), checkpoint, path,
-                                      expected_method=self.pretraining_method)
-        self.print_to_log_file(f"nnunet_cl: loaded {len(loaded)} pre-trained tensors under "
-                               f"{checkpoint['pretrained_prefixes']} from {path} (method "
-                               f"{checkpoint['method']}); all other layers keep nnU-Net's initialisation")
+        network = unwrap_network(self.network)
+        prefixes = selected_prefixes(checkpoint["pretrained_prefixes"], self.pretrained_parts)
+        if not prefixes:
+            raise NnunetClError(f"{PARTS_ENV}={self.pretrained_parts}: {path} pre-trained no encoder part (its prefixes: "
+                                f"{checkpoint['pretrained_prefixes']}); unset {PARTS_ENV}")
+        initial_norms = conv_weight_norms(network)     # nnU-Net's initialisation of this very network
+        loaded = load_pretrained_part(network, checkpoint, path, expected_method=self.pretraining_method,
+                                      prefixes=prefixes)
+        self.loaded_prefixes = prefixes
+        skipped = [p for p in checkpoint["pretrained_prefixes"] if p not in prefixes]
+        self.print_to_log_file(f"nnunet_cl: loaded {len(loaded)} pre-trained tensors under {prefixes} from {path} "
+                               f"(method {checkpoint['method']}); {PARTS_ENV}={self.pretrained_parts}"
+                               + (f", not loaded: {skipped}" if skipped else "")
+                               + "; all other layers keep nnU-Net's initialisation")
+        if self.weight_norm_reset:
+            ratios = rescale_to_norms(network, loaded, initial_norms) or {"(none)": 1.0}
+            self.print_to_log_file(
+                f"nnunet_cl: {RESET_ENV}=1: {len(ratios)} loaded conv weights rescaled to nnU-Net's initialisation "
+                f"norms (loaded / initial norm {min(ratios.values()):.3f}-{max(ratios.values()):.3f}): "
+                + ", ".join(f"{name} {ratio:.3f}" for name, ratio in ratios.items()))
