@@ -24,7 +24,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
-from nnunet_cl.trainers.finetune_schedules import SCHEDULE_ENV, parameters_under, schedule_from_env
+from nnunet_cl.trainers.finetune_schedules import SCHEDULE_ENV, FinetuneChoice, FinetuneSchedule, parameters_under
 
 BUDGET_VARIABLES = {
     "nnUNet_cl_num_epochs": "num_epochs",
@@ -63,6 +63,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        finetune_choice = FinetuneChoice()     # checked before nnU-Net creates the output folder
         super().__init__(plans, configuration, fold, dataset_json, device)
         check_label_fraction(self.label_fraction)
         for variable, attribute in BUDGET_VARIABLES.items():
@@ -77,8 +78,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
         threads = _positive_int_env("nnUNet_cl_num_threads")
         if threads is not None:
             torch.set_num_threads(threads)
-        self.finetune_schedule = schedule_from_env(self.num_epochs, self.starts_from_pretrained_weights(),
-                                                   self.initial_lr)
+        self.finetune_schedule = self.make_finetune_schedule(finetune_choice)
         if self.is_ddp and self.finetune_schedule.decoder_only(0):
             raise NnunetClError(f"{SCHEDULE_ENV}={self.finetune_schedule.name} freezes part of the network, which "
                                 "DistributedDataParallel does not allow mid-run; train on one GPU or choose another "
@@ -86,12 +86,14 @@ class nnUNetTrainerCL(nnUNetTrainer):
         self.initial_lr = self.finetune_schedule.peak_lr
         self.decoder_only_phase = None    # unknown until the first epoch starts
 
-    def starts_from_pretrained_weights(self) -> bool:
-        """Pre-trained starts get the schedules' pre-trained defaults (e.g. a lower peak lr)."""
-        return False
+    def make_finetune_schedule(self, choice: FinetuneChoice) -> FinetuneSchedule:
+        """The run's optimiser and lr curve (default: the one ``nnUNet_cl_finetune_schedule`` names; a variant
+        trainer may return a fixed one). Pre-trained starts (a ``pretraining_method``) get the schedules'
+        pre-trained defaults, e.g. a lower peak lr."""
+        return choice.schedule(self.num_epochs, pretrained=bool(self.pretraining_method), nnunet_lr=self.initial_lr)
 
     def decoder_phase_frozen_prefixes(self) -> tuple:
-        """State-dict prefixes that a decoder-only phase freezes (Init trainers: the pre-trained part)."""
+        """State-dict prefixes that a decoder-only phase freezes (Init trainers: the part they loaded)."""
         return ("encoder.",)
 
     def configure_optimizers(self):

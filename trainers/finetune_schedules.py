@@ -200,7 +200,8 @@ class EpochLRScheduler(_LRScheduler):
         return self._last_lr
 
 
-def _peak_lr_from_env() -> Optional[float]:
+def peak_lr_from_env() -> Optional[float]:
+    """``nnUNet_cl_finetune_peak_lr`` as a positive number, or None when unset."""
     value = os.environ.get(PEAK_LR_ENV)
     if value is None or value == "":
         return None
@@ -214,19 +215,31 @@ def _peak_lr_from_env() -> Optional[float]:
     return number
 
 
-def schedule_from_env(num_epochs: int, pretrained: bool, nnunet_lr: float) -> FinetuneSchedule:
-    """The schedule named by ``nnUNet_cl_finetune_schedule`` for a run of ``num_epochs`` epochs; every
-    invalid setting is one ``NnunetClError``."""
+def schedule_class_from_env() -> type:
+    """The schedule class named by ``nnUNet_cl_finetune_schedule`` (unset: ``stock``)."""
     name = os.environ.get(SCHEDULE_ENV) or DEFAULT_SCHEDULE
     if name not in SCHEDULES:
         raise NnunetClError(f"{SCHEDULE_ENV}={name!r} is not a fine-tuning schedule; use one of "
                             f"{', '.join(SCHEDULES)} (unset: {DEFAULT_SCHEDULE})")
-    cls = SCHEDULES[name]
-    if num_epochs < cls.min_epochs:
-        raise NnunetClError(f"{SCHEDULE_ENV}={name} needs at least {cls.min_epochs} epochs (one per phase), this run "
-                            f"has {num_epochs}; raise nnUNet_cl_num_epochs or choose another schedule")
-    peak = _peak_lr_from_env()
-    return cls(num_epochs, peak if peak is not None else cls.default_peak_lr(pretrained, nnunet_lr))
+    return SCHEDULES[name]
+
+
+class FinetuneChoice:
+    """The user's choice from the environment (schedule class, peak lr or None), checked on creation, so that a
+    trainer can check it before nnU-Net creates its output folder and build the schedule once the run's length
+    is known."""
+
+    def __init__(self):
+        self.schedule_class = schedule_class_from_env()
+        self.peak_lr = peak_lr_from_env()
+
+    def schedule(self, num_epochs: int, pretrained: bool, nnunet_lr: float) -> FinetuneSchedule:
+        cls = self.schedule_class
+        if num_epochs < cls.min_epochs:
+            raise NnunetClError(f"{SCHEDULE_ENV}={cls.name} needs at least {cls.min_epochs} epochs (one per phase), "
+                                f"this run has {num_epochs}; raise nnUNet_cl_num_epochs or choose another schedule")
+        peak = self.peak_lr if self.peak_lr is not None else cls.default_peak_lr(pretrained, nnunet_lr)
+        return cls(num_epochs, peak)
 
 
 def parameters_under(network: torch.nn.Module, prefixes) -> list:

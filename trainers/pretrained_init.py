@@ -23,12 +23,21 @@ import torch
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
-from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms
+from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms, weight_norm_reset_from_env
 
 CHECKPOINT_ENV = "nnUNet_cl_pretrained_checkpoint"
 PARTS_ENV = "nnUNet_cl_pretrained_parts"
 PARTS = ("all", "encoder")
 ENCODER_PREFIX = "encoder."
+
+
+def pretrained_parts_from_env() -> str:
+    """``nnUNet_cl_pretrained_parts``: "all" (unset) or "encoder"."""
+    parts = os.environ.get(PARTS_ENV) or "all"
+    if parts not in PARTS:
+        raise NnunetClError(f"{PARTS_ENV}={parts!r} must be 'all' (every part the method pre-trained, the default) "
+                            f"or 'encoder' (only the encoder)")
+    return parts
 
 
 def selected_prefixes(pretrained_prefixes, parts: str) -> list:
@@ -41,20 +50,11 @@ def selected_prefixes(pretrained_prefixes, parts: str) -> list:
 class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        parts, reset = pretrained_parts_from_env(), weight_norm_reset_from_env()   # before the output folder exists
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.pretrained_parts = os.environ.get(PARTS_ENV) or "all"
-        if self.pretrained_parts not in PARTS:
-            raise NnunetClError(f"{PARTS_ENV}={self.pretrained_parts!r} must be 'all' (every part the method "
-                                f"pre-trained, the default) or 'encoder' (only the encoder)")
-        reset = os.environ.get(RESET_ENV) or "0"
-        if reset not in ("0", "1"):
-            raise NnunetClError(f"{RESET_ENV}={reset!r} must be 1 (rescale loaded conv weights to nnU-Net's "
-                                f"initialisation norms) or 0 / unset (keep them)")
-        self.weight_norm_reset = reset == "1"
+        self.pretrained_parts = parts
+        self.weight_norm_reset = reset
         self.loaded_prefixes = []
-
-    def starts_from_pretrained_weights(self) -> bool:
-        return True
 
     def decoder_phase_frozen_prefixes(self) -> tuple:
         return tuple(self.loaded_prefixes)
@@ -103,8 +103,8 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
                                + (f", not loaded: {skipped}" if skipped else "")
                                + "; all other layers keep nnU-Net's initialisation")
         if self.weight_norm_reset:
-            ratios = rescale_to_norms(network, loaded, initial_norms) or {"(none)": 1.0}
-            self.print_to_log_file(
-                f"nnunet_cl: {RESET_ENV}=1: {len(ratios)} loaded conv weights rescaled to nnU-Net's initialisation "
-                f"norms (loaded / initial norm {min(ratios.values()):.3f}-{max(ratios.values()):.3f}): "
-                + ", ".join(f"{name} {ratio:.3f}" for name, ratio in ratios.items()))
+            ratios = rescale_to_norms(network, loaded, initial_norms)
+            self.print_to_log_file(f"nnunet_cl: {RESET_ENV}=1: {len(ratios)} loaded conv weights rescaled to the norms "
+                                   f"of nnU-Net's initialisation (loaded norm / initial norm: "
+                                   + (", ".join(f"{name} {ratio:.3f}" for name, ratio in ratios.items()) or "none")
+                                   + ")")

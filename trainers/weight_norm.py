@@ -11,12 +11,23 @@ it would change the network's function.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from nnunet_cl.errors import NnunetClError
 
 RESET_ENV = "nnUNet_cl_weight_norm_reset"
+
+
+def weight_norm_reset_from_env() -> bool:
+    """``nnUNet_cl_weight_norm_reset``: 1 rescales the loaded conv weights, 0 / unset keeps them."""
+    value = os.environ.get(RESET_ENV) or "0"
+    if value not in ("0", "1"):
+        raise NnunetClError(f"{RESET_ENV}={value!r} must be 1 (rescale loaded conv weights to nnU-Net's "
+                            f"initialisation norms) or 0 / unset (keep them)")
+    return value == "1"
 
 
 def is_scale_invariant_norm(module: nn.Module) -> bool:
