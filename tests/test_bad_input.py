@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from nnunet_cl.checkpoint import save_checkpoint
 from nnunet_cl.nnunet_context import architecture_fingerprint
@@ -61,6 +62,18 @@ def other_method_checkpoint(env, tmp):
     return init_training(), {"nnUNet_cl_pretrained_checkpoint": checkpoint_file(tmp, network, method="pcl")}
 
 
+def weight_norm_reset_of_a_transposed_conv(env, tmp):
+    from nnunet_cl.nnunet_context import load_dataset_context
+    os.environ.update(nnUNet_raw=env.raw, nnUNet_preprocessed=env.preprocessed, nnUNet_results=env.results)
+    network = load_dataset_context("990").build_network()
+    path = checkpoint_file(tmp, network, method="jcl")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint["pretrained_prefixes"] = ["encoder.", "decoder.transpconvs.0.", "decoder.stages.0."]
+    save_checkpoint(checkpoint, path)
+    return init_training("nnUNetTrainerJCLInit_10pct"), {"nnUNet_cl_pretrained_checkpoint": path,
+                                                        "nnUNet_cl_weight_norm_reset": "1"}
+
+
 def fold_without_training_cases(env, tmp):
     # A split whose fold 5 has no training case: no label fraction can select anything.
     splits_path = os.path.join(env.preprocessed, "Dataset990_Synth", "splits_final.json")
@@ -108,6 +121,20 @@ CASES = [
     ("validation mirroring not 0/1", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
                                                    {"nnUNet_cl_val_mirroring": "no"}),
      ("nnUNet_cl_val_mirroring='no' must be 0",)),
+    ("unknown fine-tuning schedule", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                                   {"nnUNet_cl_finetune_schedule": "sawtooth"}),
+     ("nnUNet_cl_finetune_schedule='sawtooth' is not a fine-tuning schedule", "stock, warmup, decoder_first, adam")),
+    ("peak lr not positive", lambda e, t: (init_training(), {"nnUNet_cl_finetune_peak_lr": "0"}),
+     ("nnUNet_cl_finetune_peak_lr='0' must be a positive number",)),
+    ("run too short for the schedule", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                                     {"nnUNet_cl_finetune_schedule": "decoder_first"}),
+     ("decoder_first needs at least 4 epochs", "nnUNet_cl_num_epochs")),
+    ("unknown pretrained parts", lambda e, t: (init_training(), {"nnUNet_cl_pretrained_parts": "decoder"}),
+     ("nnUNet_cl_pretrained_parts='decoder' must be 'all'",)),
+    ("weight-norm reset not 0/1", lambda e, t: (init_training(), {"nnUNet_cl_weight_norm_reset": "yes"}),
+     ("nnUNet_cl_weight_norm_reset='yes' must be 1",)),
+    ("weight-norm reset of a layer without normalisation", weight_norm_reset_of_a_transposed_conv,
+     ("cannot rescale decoder.transpconvs.0 (ConvTranspose2d)", "nnUNet_cl_pretrained_parts=encoder")),
 ]
 
 
