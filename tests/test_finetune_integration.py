@@ -75,3 +75,23 @@ def test_nnunetv2_train_with_schedule(synthetic_env, supercl_checkpoint, trainer
         assert "decoder_first: whole network trains from epoch 2" in log
     if extra.get("nnUNet_cl_weight_norm_reset") == "1":
         assert "nnUNet_cl_weight_norm_reset=1: 8 loaded conv weights rescaled" in log
+
+
+def test_weight_norms_script_table(synthetic_env, supercl_checkpoint):
+    """scripts/weight_norms.py on a checkpoint whose encoder convs are 1.5x a fresh init: encoder rows near 1.5,
+    the layers the method did not pre-train '-'."""
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "weight_norms.py")
+    proc = subprocess.run([sys.executable, script, "-d", "990", "--init-samples", "4", supercl_checkpoint],
+                          env=synthetic_env.env(training=False), capture_output=True, text=True, timeout=600,
+                          check=True)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
+    encoder = [line for line in rows if line.startswith("| `encoder.")]
+    assert len(encoder) == 8 and len(rows) > len(encoder)
+    for line in encoder:
+        assert 1.35 < float(line.split("|")[-2]) < 1.65, line
+    for line in rows:
+        if not line.startswith("| `encoder."):
+            assert line.split("|")[-2].strip() == "-", line
+    assert "| layer | init norm | supercl |" in proc.stdout
