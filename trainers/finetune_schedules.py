@@ -1,19 +1,25 @@
 """Fine-tuning schedules: the optimiser and learning-rate curve of every nnunet-cl trainer.
 
-Selected with ``nnUNet_cl_finetune_schedule=<name>`` (unset: ``stock``); ``nnUNet_cl_finetune_peak_lr``
-overrides the schedule's peak learning rate. The lr is a closed formula of the epoch, applied by
-nnU-Net's own call ``lr_scheduler.step(current_epoch)`` at every epoch start, so a resumed run (``--c``)
-continues on the same curve. One optimiser serves the whole run (momentum buffers are kept across phases).
+Selected with ``nnUNet_cl_finetune_schedule=<name>`` (unset: ``stock``, until a measurement picks a
+winner); ``nnUNet_cl_finetune_peak_lr`` overrides the schedule's peak learning rate. The lr is a closed
+formula of the epoch, applied by nnU-Net's own call ``lr_scheduler.step(current_epoch)`` at every epoch
+start, so a resumed run (``--c``) continues on the same curve. One optimiser serves the whole run (momentum
+buffers are kept across phases). Everything else stays nnU-Net's: deep supervision, gradient clipping at 12,
+loss, augmentation.
 
 ``stock``          nnU-Net: SGD lr 1e-2, momentum 0.99 Nesterov, weight decay 3e-5, poly (exponent 0.9).
 ``warmup``         nnssl's ``PretrainedTrainer``: nnU-Net's SGD, whole network, lr rising linearly to the peak
                    over the first 5 % of the epochs, ``lr = peak * (epoch + 1) / W``, then poly from the peak to
-                   0 over the rest. Peak 1e-3 for pre-trained starts, nnU-Net's 1e-2 for random ones.
-``decoder_first``  nnssl's ``PretrainedTrainer_sawtooth``: decoder only (the pre-trained part frozen) with a
-                   linear warm-up over 2.5 % of the epochs and a poly decay over the next 2.5 %, then the whole
-                   network warms up linearly over 5 %, then poly. Same peaks as ``warmup``.
-``adam``           the seed papers' fine-tuning codes (SuperCL, MACL; PCL with lower lr): Adam, weight decay
-                   1e-5, lr 5e-4 annealed by a cosine to 1 % of it (5e-6) over the run.
+                   0 over the rest. Peak 1e-3 for pre-trained starts, nnU-Net's 1e-2 for random ones (as
+                   nnssl; for scratch this is upstream nnU-Net's ``nnUNetTrainer_warmup`` shape). nnssl turns
+                   deep supervision off and its 150-epoch variant warms up for 10 %; here neither.
+``decoder_first``  nnssl's ``PretrainedTrainer_sawtooth``: only the parts the trainer did not load train (Init
+                   trainers freeze what they loaded; scratch freezes the encoder) with a linear warm-up over
+                   2.5 % of the epochs and a poly decay over the next 2.5 %, then the whole network warms up
+                   linearly over 5 %, then poly. Same peaks as ``warmup``.
+``adam``           the seed papers' fine-tuning codes (SuperCL, MACL; PCL's use lower lrs): Adam (betas 0.9,
+                   0.999, eps 1e-8), weight decay 1e-5, lr 5e-4 annealed per epoch by a cosine to 1 % of it
+                   (5e-6) at the end of the run; the same for pre-trained and random starts.
 
 Phase lengths are ``max(1, round(fraction * num_epochs))`` epochs.
 """
