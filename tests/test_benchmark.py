@@ -128,6 +128,35 @@ def test_budget_overrides_and_pinning(tmp_path):
         bench.pin_budget()
 
 
+def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
+    for variable in ("nnUNet_cl_finetune_schedule", "nnUNet_cl_finetune_peak_lr", "nnUNet_cl_pretrained_parts",
+                     "nnUNet_cl_weight_norm_reset"):
+        monkeypatch.delenv(variable, raising=False)
+    bench = Benchmark(types.SimpleNamespace(), make_budget("tiny"))
+    bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+    monkeypatch.setenv("nnUNet_cl_finetune_schedule", "nosuch")
+    with pytest.raises(NnunetClError, match="not a fine-tuning schedule"):
+        bench.pin_budget()
+    assert not (tmp_path / "budget.json").exists()        # checked before anything is written
+    monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
+    bench.pin_budget()
+    pinned = json.loads((tmp_path / "budget.json").read_text())["budget"]
+    assert pinned["finetune_levers"] == {"nnUNet_cl_finetune_schedule": "warmup"}
+    bench.pin_budget()                                    # the same levers: fine
+    monkeypatch.setenv("nnUNet_cl_weight_norm_reset", "1")
+    with pytest.raises(NnunetClError, match="finetune_levers"):
+        bench.pin_budget()
+    monkeypatch.delenv("nnUNet_cl_weight_norm_reset")
+    monkeypatch.delenv("nnUNet_cl_finetune_schedule")     # no lever set against a folder made with one
+    with pytest.raises(NnunetClError, match="finetune_levers"):
+        bench.pin_budget()
+    unpinned = tmp_path / "plain"
+    unpinned.mkdir()
+    bench.output = str(unpinned)
+    bench.pin_budget()                                    # no lever: the same budget.json as before levers existed
+    assert "finetune_levers" not in json.loads((unpinned / "budget.json").read_text())["budget"]
+
+
 def test_dataset_helpers(tmp_path):
     task = tmp_path / "Task04_Hippocampus"
     task.mkdir()

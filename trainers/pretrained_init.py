@@ -23,12 +23,23 @@ import torch
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
+from nnunet_cl.trainers.finetune_schedules import PEAK_LR_ENV, SCHEDULE_ENV, FinetuneChoice
 from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms, weight_norm_reset_from_env
 
 CHECKPOINT_ENV = "nnUNet_cl_pretrained_checkpoint"
 PARTS_ENV = "nnUNet_cl_pretrained_parts"
 PARTS = ("all", "encoder")
 ENCODER_PREFIX = "encoder."
+FINETUNE_LEVER_VARIABLES = (SCHEDULE_ENV, PEAK_LR_ENV, PARTS_ENV, RESET_ENV)
+
+
+def finetune_levers_from_env() -> dict:
+    """The fine-tuning levers set in the environment, ``{variable: value}``, each checked (one NnunetClError):
+    what a benchmark records to keep runs with different levers apart."""
+    FinetuneChoice()
+    pretrained_parts_from_env()
+    weight_norm_reset_from_env()
+    return {v: os.environ[v] for v in FINETUNE_LEVER_VARIABLES if os.environ.get(v)}
 
 
 def pretrained_parts_from_env() -> str:

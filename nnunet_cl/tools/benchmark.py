@@ -158,16 +158,25 @@ class Benchmark:
             env.pop("nnUNet_n_proc_DA", None)   # 0 breaks nnU-Net's planner (torch.set_num_threads(0))
         return env
 
+    def run_fingerprint(self) -> dict:
+        """What makes two runs comparable: the budget, and the fine-tuning levers (nnUNet_cl_finetune_schedule, ...)
+        when any is set in the environment (the trainers read them from there)."""
+        from nnunet_cl.trainers.pretrained_init import finetune_levers_from_env
+        levers = finetune_levers_from_env()
+        return dict(self.budget.fingerprint(), **({"finetune_levers": levers} if levers else {}))
+
     def pin_budget(self) -> None:
         path = os.path.join(self.output, "budget.json")
-        fingerprint = self.budget.fingerprint()
+        fingerprint = self.run_fingerprint()
         if os.path.isfile(path):
             with open(path) as f:
                 pinned = json.load(f)
             if pinned.get("budget") != fingerprint:
-                changed = sorted(k for k in fingerprint if pinned.get("budget", {}).get(k) != fingerprint[k])
+                before = pinned.get("budget", {})
+                changed = sorted(k for k in set(fingerprint) | set(before) if before.get(k) != fingerprint.get(k))
                 raise NnunetClError(f"{self.output} holds runs made with another budget (differs in: {', '.join(changed)}); "
-                                    "use another --output, or the same preset and overrides as before")
+                                    "use another --output, or the same preset, overrides and nnUNet_cl_finetune_* / "
+                                    "nnUNet_cl_pretrained_parts / nnUNet_cl_weight_norm_reset variables as before")
             return
         atomic_write_json({"preset": self.budget.name, "budget": fingerprint, "dataset": self.dataset_name}, path)
 
@@ -339,6 +348,7 @@ class Benchmark:
                 f"- date: {datetime.now():%Y-%m-%d %H:%M} (this report); runs finished: {finished}/{len(runs)}",
                 f"- machine: {machine_description()}; torch {torch.__version__}",
                 f"- budget: {self.budget.describe()}",
+                f"- fine-tuning levers: {self.run_fingerprint().get('finetune_levers') or 'none set (nnU-Net recipe)'}",
                 f"- validation: nnU-Net's 5-fold split (splits_final.json), folds "
                 f"{', '.join(str(f) for f in self.budget.folds)}; labelled subsets as the _10pct/_25pct trainers"]
 
