@@ -37,7 +37,7 @@ def applied_lrs(sched, epochs) -> dict:
     nnunet_sgd = torch.optim.SGD(network.parameters(), sched.peak_lr, weight_decay=3e-5, momentum=0.99,
                                  nesterov=True)
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-    optimizer = sched.make_optimizer(nnunet_sgd, network.parameters(), 3e-5)
+    optimizer = sched.make_optimizer(nnunet_sgd, network.parameters())
     scheduler = sched.make_lr_scheduler(optimizer, PolyLRScheduler(optimizer, sched.peak_lr, sched.num_epochs))
     lrs = {}
     for epoch in epochs:
@@ -99,7 +99,7 @@ def test_decoder_first_is_the_sawtooth(monkeypatch):
 def test_adam_cosine(monkeypatch):
     sched = schedule(monkeypatch, "adam", num_epochs=100)
     network = torch.nn.Linear(2, 2)
-    optimizer = sched.make_optimizer(None, network.parameters(), 3e-5)
+    optimizer = sched.make_optimizer(None, network.parameters())
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["weight_decay"] == 1e-5
     lrs = applied_lrs(sched, [0, 50, 99])
     assert lrs[0] == pytest.approx(5e-4)

@@ -98,7 +98,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
 
     def configure_optimizers(self):
         optimizer, lr_scheduler = super().configure_optimizers()    # nnU-Net's SGD + poly at self.initial_lr
-        optimizer = self.finetune_schedule.make_optimizer(optimizer, self.network.parameters(), self.weight_decay)
+        optimizer = self.finetune_schedule.make_optimizer(optimizer, self.network.parameters())
         return optimizer, self.finetune_schedule.make_lr_scheduler(optimizer, lr_scheduler)
 
     def set_decoder_only(self, decoder_only: bool) -> None:

@@ -86,7 +86,7 @@ class FinetuneSchedule:
     def decoder_only(self, epoch: int) -> bool:
         return False
 
-    def make_optimizer(self, nnunet_optimizer, parameters, weight_decay: float):
+    def make_optimizer(self, nnunet_optimizer, parameters):
         return nnunet_optimizer
 
     def make_lr_scheduler(self, optimizer, nnunet_lr_scheduler):
@@ -173,7 +173,7 @@ class AdamCosineSchedule(FinetuneSchedule):
         final = self.peak_lr * ADAM_FINAL_LR_FRACTION
         return final + (self.peak_lr - final) * (1 + math.cos(math.pi * epoch / self.num_epochs)) / 2
 
-    def make_optimizer(self, nnunet_optimizer, parameters, weight_decay: float):
+    def make_optimizer(self, nnunet_optimizer, parameters):
         return torch.optim.Adam(parameters, lr=self.peak_lr, weight_decay=ADAM_WEIGHT_DECAY)
 
     def describe(self) -> str:
