@@ -14,6 +14,15 @@ from dataclasses import dataclass
 from nnunet_cl.errors import NnunetClError
 
 NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+PRETRAINED_CHECKPOINT = "checkpoint_final.pth"   # the file the Init trainers load
+
+
+def pretraining_folder(results: str, dataset_name: str, method_folder_name: str, plans_identifier: str,
+                       configuration: str) -> str:
+    """Where ``nnunet_cl pretrain`` writes and the Init trainers and the benchmark look:
+    ``<results>/<Dataset>/nnunet_cl/<method folder>__<plans>__<configuration>``."""
+    return os.path.join(results, dataset_name, "nnunet_cl",
+                        f"{method_folder_name}__{plans_identifier}__{configuration}")
 
 
 def require_nnunet_env(names=NNUNET_ENV_VARS) -> dict:
@@ -82,8 +91,8 @@ class DatasetContext:
 
     def pretraining_output_folder(self, method_folder_name: str) -> str:
         results = require_nnunet_env(("nnUNet_results",))["nnUNet_results"]
-        return os.path.join(results, self.dataset_name, "nnunet_cl",
-                            f"{method_folder_name}__{self.plans_identifier}__{self.configuration}")
+        return pretraining_folder(results, self.dataset_name, method_folder_name, self.plans_identifier,
+                                  self.configuration)
 
 
 def load_dataset_context(dataset: str, plans_identifier: str = "nnUNetPlans",

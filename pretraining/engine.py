@@ -32,7 +32,7 @@ from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
+from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, architecture_fingerprint, load_dataset_context
 from nnunet_cl.precision import Precision, resolve_precision
 from nnunet_cl.pretraining.loader import BatchLoader, loader_workers
 from nnunet_cl.pretraining.methods import METHODS, get_method
@@ -188,7 +188,7 @@ class Pretrainer:
         plt.close(fig)
 
     # ---------------------------------------------------------------- resume
-    RESUME_ORDER = ("checkpoint_latest.pth", "checkpoint_previous.pth", "checkpoint_final.pth")
+    RESUME_ORDER = ("checkpoint_latest.pth", "checkpoint_previous.pth", PRETRAINED_CHECKPOINT)
 
     def load_newest_good_checkpoint(self):
         """latest, else previous (the latest before it), else final; a corrupt file is skipped with a warning."""
@@ -295,7 +295,7 @@ class Pretrainer:
         if not resumed and self.rank == 0:
             # A fresh run (no --c) replaces an earlier one, as nnUNetv2_train does.
             for stale in ("pretrain_log.txt", "checkpoint_latest.pth", "checkpoint_previous.pth",
-                          "checkpoint_final.pth"):
+                          PRETRAINED_CHECKPOINT):
                 if os.path.isfile(os.path.join(self.output_folder, stale)):
                     os.remove(os.path.join(self.output_folder, stale))
         if self.rank == 0:
@@ -336,7 +336,7 @@ class Pretrainer:
                 # latest is also written at the end, so --c with more --epochs continues from the newest state
                 self.save("checkpoint_latest.pth")
         batches.close()
-        self.save("checkpoint_final.pth")
-        final = os.path.join(self.output_folder, "checkpoint_final.pth")
+        self.save(PRETRAINED_CHECKPOINT)
+        final = os.path.join(self.output_folder, PRETRAINED_CHECKPOINT)
         self.log(f"done: {final}")
         return final

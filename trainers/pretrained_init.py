@@ -22,6 +22,7 @@ import torch
 
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, pretraining_folder
 from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
 from nnunet_cl.trainers.finetune_schedules import PEAK_LR_ENV, SCHEDULE_ENV, FinetuneChoice
 from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms, weight_norm_reset_from_env
@@ -81,9 +82,9 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
         from nnunetv2.paths import nnUNet_results
         method = get_method(self.pretraining_method)
         folder = method.folder_name(method.resolve_options(self.method_options()))
-        return os.path.join(nnUNet_results, self.plans_manager.dataset_name, "nnunet_cl",
-                            f"{folder}__{self.plans_manager.plans_name}__{self.configuration_name}",
-                            "checkpoint_final.pth")
+        return os.path.join(pretraining_folder(nnUNet_results, self.plans_manager.dataset_name, folder,
+                                               self.plans_manager.plans_name, self.configuration_name),
+                            PRETRAINED_CHECKPOINT)
 
     def pretrain_hint(self) -> str:
         """The command that makes the missing checkpoint (label-aware trainers add --fraction / --fold)."""

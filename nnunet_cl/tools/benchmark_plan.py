@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, pretraining_folder
 from nnunet_cl.pretraining.methods import get_method
 
 DEFAULT_FRACTIONS = (0.1, 0.25)
@@ -120,7 +121,7 @@ class PretrainJob:
     folder: str             # the method's results sub-folder for these options
 
     def checkpoint(self, results: str, dataset_name: str, plans: str) -> str:
-        return os.path.join(results, dataset_name, "nnunet_cl", f"{self.folder}__{plans}__2d", "checkpoint_final.pth")
+        return os.path.join(pretraining_folder(results, dataset_name, self.folder, plans, "2d"), PRETRAINED_CHECKPOINT)
 
     def cli_args(self) -> list:
         args = []
