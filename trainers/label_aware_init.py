@@ -18,15 +18,10 @@ class nnUNetTrainerLabelAwarePretrainedInit(nnUNetTrainerPretrainedInit):
     def method_options(self) -> dict:
         return {"fraction": self.label_fraction, "fold": self.fold}
 
-    def pretrain_hint(self) -> str:
-        return (f"run: nnunet_cl pretrain -d {self.plans_manager.dataset_name} -m {self.pretraining_method} "
-                f"--fraction {self.label_fraction:g} --fold {self.fold} -p {self.plans_manager.plans_name}")
-
     def check_checkpoint(self, checkpoint: dict, path: str) -> None:
         options = (checkpoint.get("config") or {}).get("options") or {}
         if "fraction" not in options or "fold" not in options:
-            raise NnunetClError(f"{path} records no label fraction / fold; pre-train it with nnunet_cl pretrain -m "
-                                f"{self.pretraining_method} --fraction {self.label_fraction:g} --fold {self.fold}")
+            raise NnunetClError(f"{path} records no label fraction / fold; {self.pretrain_hint()}")
         same_fraction = abs(float(options["fraction"]) - self.label_fraction) < 1e-9
         if not same_fraction or str(options["fold"]) != str(self.fold):
             raise NnunetClError(

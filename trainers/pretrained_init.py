@@ -87,8 +87,11 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
                             PRETRAINED_CHECKPOINT)
 
     def pretrain_hint(self) -> str:
-        """The command that makes the missing checkpoint (label-aware trainers add --fraction / --fold)."""
-        return (f"run: nnunet_cl pretrain -d {self.plans_manager.dataset_name} -m {self.pretraining_method} "
+        """The command that makes this trainer's checkpoint; ``method_options`` become its flags
+        (label-aware methods: ``--fraction 0.1 --fold 0``)."""
+        flags = "".join(f" --{key} {value:g}" if isinstance(value, float) else f" --{key} {value}"
+                        for key, value in self.method_options().items())
+        return (f"run: nnunet_cl pretrain -d {self.plans_manager.dataset_name} -m {self.pretraining_method}{flags} "
                 f"-p {self.plans_manager.plans_name}")
 
     def check_checkpoint(self, checkpoint: dict, path: str) -> None:
