@@ -1,10 +1,14 @@
 """Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
 
-A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a truncated one.
+A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a truncated one --
+and possibly a temp file ``.<name>.<random>.tmp`` beside it, which ``remove_stale_temps`` deletes when
+the writer starts again. Every atomic write of the package goes through ``atomic_target``, so this is
+the only temp naming.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -12,12 +16,15 @@ from contextlib import contextmanager
 
 import torch
 
+TEMP_SUFFIX = ".tmp"
+
 
 @contextmanager
-def _atomic_target(path: str):
+def atomic_target(path: str):
+    """``with atomic_target(path) as tmp:`` write ``tmp``; on success it replaces ``path``, on error it is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -29,12 +36,21 @@ def _atomic_target(path: str):
             os.remove(tmp)
 
 
+def remove_stale_temps(folder: str) -> list:
+    """Delete the temp files that interrupted atomic writes left in ``folder``; returns their names."""
+    removed = []
+    for stale in sorted(glob.glob(os.path.join(glob.escape(folder), "." + "*" + TEMP_SUFFIX))):
+        os.remove(stale)
+        removed.append(os.path.basename(stale))
+    return removed
+
+
 def atomic_torch_save(obj, path: str) -> None:
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
 
 
 def atomic_write_json(obj, path: str) -> None:
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)

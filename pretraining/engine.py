@@ -17,7 +17,6 @@ workers, ``pretraining/loader.py``) and ``precision`` (autocast and gradient sca
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import time
@@ -28,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.atomic import atomic_target, atomic_write_json, remove_stale_temps
 from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_cl.errors import NnunetClError
@@ -173,7 +172,6 @@ class Pretrainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from nnunet_cl.atomic import _atomic_target
         epochs = self.history["epoch"]
         terms = [k for k in self.history if k not in ("epoch", "lr", "iteration_loss")]
         fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -183,7 +181,7 @@ class Pretrainer:
         ax_loss.set_title(f"{self.config.method} pre-training on {self.context.dataset_name}")
         ax_lr.plot(epochs, self.history["lr"], color="k"); ax_lr.set_ylabel("learning rate"); ax_lr.set_xlabel("epoch")
         fig.tight_layout()
-        with _atomic_target(os.path.join(self.output_folder, "progress.png")) as tmp:
+        with atomic_target(os.path.join(self.output_folder, "progress.png")) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
 
@@ -280,17 +278,12 @@ class Pretrainer:
             os.replace(path, os.path.join(self.output_folder, "checkpoint_previous.pth"))
         save_checkpoint(self.checkpoint_dict(), path)
 
-    def remove_stale_temp_files(self) -> None:
-        # A SIGKILL during an atomic write leaves its temp file behind (never a truncated checkpoint).
-        for stale in glob.glob(os.path.join(self.output_folder, ".*.tmp")):
-            os.remove(stale)
-
     def run(self) -> str:
         from tqdm import tqdm
 
         os.makedirs(self.output_folder, exist_ok=True)
         if self.rank == 0:
-            self.remove_stale_temp_files()
+            remove_stale_temps(self.output_folder)
         resumed = self.maybe_resume()
         if not resumed and self.rank == 0:
             # A fresh run (no --c) replaces an earlier one, as nnUNetv2_train does.

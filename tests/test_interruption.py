@@ -155,8 +155,8 @@ def test_sigkill_and_resume_pseudo_label_finetuning(synthetic_env):
     proc = launch("--c")
     time.sleep(random.uniform(5, 20))
     kill(proc)
-    # what a kill during a checkpoint write leaves behind (nnU-Net's file written aside, or our atomic temp)
-    for stale in ("checkpoint_latest.pth.nnunet.tmp", ".checkpoint_latest.pth.abc123.tmp"):
+    # what a kill during a checkpoint write leaves behind (atomic temps of nnunet_cl.atomic)
+    for stale in (".checkpoint_latest.pth.abc123.tmp", ".checkpoint_final.pth.def456.tmp"):
         open(os.path.join(fold_folder, stale), "wb").write(b"truncated")
     result = subprocess.run(args + ["--c"], env=synthetic_env.env(**extra), capture_output=True, text=True,
                             timeout=1200)
