@@ -80,3 +80,47 @@ def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
 def test_error_exits_with_one_line_and_code_1():
     error = NnunetClError("something is wrong; do X")
     assert isinstance(error, SystemExit) and error.code == "nnunet_cl: error: something is wrong; do X"
+
+
+def test_interrupted_atomic_write_leaves_only_a_temp_that_remove_stale_temps_deletes(tmp_path):
+    from nnunet_cl.atomic import atomic_target, remove_stale_temps
+    path = tmp_path / "checkpoint_latest.pth"
+    path.write_bytes(b"old")
+    (tmp_path / "keep.tmp").write_bytes(b"not ours")        # not of the temp naming: left alone
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_target(str(path)) as tmp:
+            open(tmp, "wb").write(b"half")
+            stale = tmp_path / ("." + path.name + ".killed.tmp")
+            os.link(tmp, stale)                            # what a SIGKILL here would leave behind
+            raise KeyboardInterrupt
+    assert path.read_bytes() == b"old"
+    assert remove_stale_temps(str(tmp_path)) == [stale.name]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_latest.pth", "keep.tmp"]
+
+
+def test_trainer_checkpoint_holds_exactly_nnunets_keys_and_values(synthetic_context, tmp_path, monkeypatch,
+                                                                 one_torch_thread):
+    """nnUNetTrainerCL writes its checkpoint itself (once, atomically): it must be what nnU-Net's own
+    save_checkpoint writes, key by key, so nnUNetv2_train --c and nnUNetv2_predict read it."""
+    import copy
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_cl import trainers
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    plans = dict(copy.deepcopy(synthetic_context.plans), continue_training=False)   # as nnUNetv2_train passes them
+    trainer = trainers.nnUNetTrainerScratch_10pct(plans, "2d", 0,
+                                                  synthetic_context.dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    ours, stock = str(tmp_path / "ours.pth"), str(tmp_path / "stock.pth")
+    trainer.save_checkpoint(ours)
+    nnUNetTrainer.save_checkpoint(trainer, stock)
+    ours, stock = (torch.load(p, map_location="cpu", weights_only=False) for p in (ours, stock))
+    assert list(ours) == list(stock)
+    for key in stock:
+        if key == "network_weights":
+            assert all(torch.equal(ours[key][k], v) for k, v in stock[key].items())
+        elif key != "optimizer_state":
+            assert ours[key] == stock[key], key
+    assert ours["optimizer_state"]["param_groups"] == stock["optimizer_state"]["param_groups"]
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []

@@ -193,6 +193,7 @@ def test_pseudo_labeled_dataset_never_returns_the_ground_truth(tmp_path, synthet
 @pytest.fixture
 def pseudo_trainer(tiny_budget, tmp_path):
     from nnunet_cl.pseudo_labels import PseudoLabelStore
+    torch.manual_seed(0)   # the initial weights do not depend on which tests ran before
     trainer = make_trainer(tiny_budget, "nnUNetTrainerPseudoLabelCL_10pct")
     trainer.initialize()
     trainer.store = PseudoLabelStore(str(tmp_path / "pseudo_labels"))
@@ -219,12 +220,18 @@ def test_segmentation_loss_sees_only_labeled_images_and_their_labels(pseudo_trai
     labels = torch.randint(0, 3, shape, generator=g, dtype=torch.int16)
     target = _targets(trainer, labels)
     seen = []
-    real_loss = trainer.loss
-    trainer.loss = lambda output, tgt: seen.append((output, tgt)) or real_loss(output, tgt)
+    real_loss = trainer.segmentation_loss
+    trainer.segmentation_loss = lambda output, tgt: seen.append((output, tgt)) or real_loss(output, tgt)
+
+    def joint_terms(pseudo_labels):
+        """One joint forward pass as nnU-Net's train_step makes it (network(data) then self.loss)."""
+        with trainer.feature_tap:
+            output = trainer.network(torch.cat([data, pseudo_data]))
+        return trainer.joint_loss_terms(output, target, trainer.feature_tap.pop(), pseudo_labels)
 
     trainer.network.train()
-    seg_a, cont_a = trainer.joint_losses(data, target, pseudo_data, torch.ones(shape, dtype=torch.int16))
-    seg_b, cont_b = trainer.joint_losses(data, target, pseudo_data, torch.full(shape, 2, dtype=torch.int16))
+    seg_a, cont_a = joint_terms(torch.ones(shape, dtype=torch.int16))
+    seg_b, cont_b = joint_terms(torch.full(shape, 2, dtype=torch.int16))
     assert float(seg_a.detach()) == float(seg_b.detach())  # pseudo-labels cannot change the segmentation loss
     assert float(cont_a.detach()) != float(cont_b.detach())  # ... but they do enter the contrastive loss
     for output, tgt in seen:
@@ -238,6 +245,26 @@ def test_segmentation_loss_sees_only_labeled_images_and_their_labels(pseudo_trai
     (0.1 * cont_a).backward()
     head = trainer.contrastive_head
     assert parameters_with_gradient(head) == {name for name, _ in head.named_parameters()}
+
+
+def test_joint_step_is_nnunets_step_with_the_joint_loss(pseudo_trainer):
+    """A joint train_step updates the network and the contrastive head once, and logs both loss terms; without a
+    running joint step (validation) self.loss is nnU-Net's loss alone."""
+    trainer = pseudo_trainer
+    trainer.unlabeled_cases = ["synth_003"]
+    trainer.global_iteration = trainer.phase1_iterations
+    batch = next(trainer.get_dataloaders()[0])
+    head_before = [p.detach().clone() for p in trainer.contrastive_head.parameters()]
+    network_before = [p.detach().clone() for p in trainer.network.parameters()]
+    terms = trainer.train_step(batch)
+    assert set(terms) == {"loss", "contrastive_loss"} and np.isfinite(terms["contrastive_loss"])
+    assert trainer.pseudo_round == 1 and trainer.joint_step_labels is None
+    assert all(not torch.equal(a, b) for a, b in zip(head_before, trainer.contrastive_head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(network_before, trainer.network.parameters()))
+    target = [t.to(trainer.device) for t in batch["target"]]
+    with torch.no_grad():
+        output = trainer.network(batch["data"])
+    assert float(trainer.loss(output, target)) == pytest.approx(float(trainer.segmentation_loss(output, target)))
 
 
 def test_pseudo_labels_are_written_re_estimated_and_logged(pseudo_trainer):

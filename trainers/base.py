@@ -21,7 +21,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.atomic import atomic_torch_save, atomic_write_json, remove_stale_temps
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
 from nnunet_cl.trainers.finetune_schedules import SCHEDULE_ENV, FinetuneChoice, FinetuneSchedule, parameters_under
@@ -119,7 +119,9 @@ class nnUNetTrainerCL(nnUNetTrainer):
         self.decoder_only_phase = decoder_only
 
     def on_train_start(self):
-        self.remove_stale_checkpoint_temps()
+        if self.local_rank == 0 and os.path.isdir(self.output_folder):
+            for name in remove_stale_temps(self.output_folder):
+                self.print_to_log_file(f"removed {name}, left by an interrupted checkpoint write")
         super().on_train_start()
         self.print_to_log_file(f"fine-tuning schedule {self.finetune_schedule.name} ({SCHEDULE_ENV}): "
                                f"{self.finetune_schedule.describe()}")
@@ -178,18 +180,29 @@ class nnUNetTrainerCL(nnUNetTrainer):
         finally:
             del self.logger.plot_progress_png
 
-    def remove_stale_checkpoint_temps(self) -> None:
-        """Temp files of checkpoint writes that a killed run left behind (never a complete checkpoint)."""
-        if self.local_rank != 0 or not os.path.isdir(self.output_folder):
-            return
-        for name in os.listdir(self.output_folder):
-            if name.endswith(".tmp") and "checkpoint_" in name:
-                os.remove(os.path.join(self.output_folder, name))
-                self.print_to_log_file(f"removed {name}, left by an interrupted checkpoint write")
+    def checkpoint_contents(self) -> dict:
+        """What ``nnUNetTrainer.save_checkpoint`` (nnunetv2 2.8) writes, plus ``checkpoint_extras``."""
+        return dict({
+            "network_weights": unwrap_network(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }, **self.checkpoint_extras())
+
+    def checkpoint_extras(self) -> dict:
+        """State a subclass keeps outside the network (e.g. a contrastive head), saved with nnU-Net's keys."""
+        return {}
 
     def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net writes in place; a crash mid-write would leave a truncated file. Write aside, then rename.
-        tmp = filename + ".tmp"
-        super().save_checkpoint(tmp)
-        if os.path.isfile(tmp):
-            os.replace(tmp, filename)
+        # nnU-Net writes in place, so a crash mid-write would leave a truncated file: write once, atomically.
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        atomic_torch_save(self.checkpoint_contents(), filename)

@@ -41,6 +41,8 @@ Choices where the paper / public code differ from nnU-Net or are silent (documen
   transforms), the paper uses intensity-only augmentation for the contrastive batch.
 * Foreground oversampling of the pseudo-labelled loader uses the pseudo-labels' foreground.
 * Region-based datasets and multi-GPU (DDP) training are refused (clear error).
+* The joint step is nnU-Net's ``train_step`` with ``self.loss`` = ``joint_loss``; its gradient clipping
+  (norm 12) covers the network, not the small contrastive head.
 
 Pre-trained init (paper Table III, "PI. + proposed"): for every registered pre-training method M,
 ``nnUNetTrainerPseudoLabelCL<M>Init_10pct`` / ``_25pct`` first load M's checkpoint exactly as
@@ -117,6 +119,8 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         self.pseudo_loader = None
         self.contrastive_head = None
         self.feature_tap = None
+        self.joint_step_labels = None         # pseudo-labels of the running joint step (None: none running)
+        self.joint_step_terms = None          # its loss terms, for the epoch log
         self.unlabeled_cases = None
         self.store = None
 
@@ -142,9 +146,6 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         self.contrastive_head = PixelProjectionHead(channels, channels, self.embedding_dim).to(self.device)
         optimizer.add_param_group({"params": list(self.contrastive_head.parameters())})
         return optimizer, scheduler
-
-    def trained_parameters(self) -> list:
-        return list(self.network.parameters()) + list(self.contrastive_head.parameters())
 
     def on_train_start(self):
         super().on_train_start()
@@ -276,27 +277,44 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
             and self.pseudo_estimated_at != iteration
 
     # ---------------------------------------------------------------- training
-    def joint_losses(self, data, target, pseudo_data, pseudo_labels):
-        """(segmentation loss, contrastive loss) of one joint step.
+    def _build_loss(self):
+        """nnU-Net's loss stays ``segmentation_loss``; ``self.loss`` becomes ``joint_loss``, so nnU-Net's own
+        ``train_step`` (device transfer, autocast, backward, clipping, optimiser step) runs the joint step."""
+        self.segmentation_loss = super()._build_loss()
+        return self.joint_loss
 
-        ``data``/``target``: labelled images and nnU-Net's (deep-supervision) targets;
-        ``pseudo_data``/``pseudo_labels``: unlabelled images and their full-resolution pseudo-labels.
-        Only the labelled part of the output and ``target`` reach ``self.loss``."""
-        n_labeled = data.shape[0]
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            with self.feature_tap:
-                output = self.network(torch.cat([data, pseudo_data]))
-            features = self.feature_tap.pop()
-            labeled_output = [scale[:n_labeled] for scale in output] if isinstance(output, (list, tuple)) \
-                else output[:n_labeled]
-            segmentation_loss = self.loss(labeled_output, target)
-        embeddings = self.contrastive_head(features.float())
-        labels = torch.cat([_full_resolution(target), pseudo_labels])[:, 0]
-        contrastive_loss = class_mean_contrast(embeddings, labels, self.num_contrast_classes, self.contrast_mode,
-                                               self.pixels_per_class, self.contrast_temperature)
+    def joint_loss(self, output, target):
+        """nnU-Net's loss, plus ``lambda_cont`` x the contrastive loss while a joint step is running."""
+        if self.joint_step_labels is None:          # phase 1 and validation: nnU-Net's loss alone
+            return self.segmentation_loss(output, target)
+        segmentation_loss, contrastive_loss = self.joint_loss_terms(output, target, self.feature_tap.pop(),
+                                                                    self.joint_step_labels)
+        self.joint_step_terms = {"loss": segmentation_loss.detach().cpu().numpy(),
+                                 "contrastive_loss": contrastive_loss.detach().cpu().numpy()}
+        return segmentation_loss + self.lambda_cont * contrastive_loss
+
+    def joint_loss_terms(self, output, target, features, pseudo_labels):
+        """(segmentation loss, contrastive loss) of one forward pass over labelled + pseudo-labelled images.
+
+        ``output``: the network's output for ``[labelled images, unlabelled images]``; ``target``: nnU-Net's
+        (deep-supervision) targets of the labelled images; ``features``: the last decoder stage's output of
+        the same pass; ``pseudo_labels``: full-resolution pseudo-labels of the unlabelled images. Only the
+        labelled part of the output and ``target`` reach ``segmentation_loss``."""
+        n_labeled = _full_resolution(target).shape[0]
+        labeled_output = [scale[:n_labeled] for scale in output] if isinstance(output, (list, tuple)) \
+            else output[:n_labeled]
+        segmentation_loss = self.segmentation_loss(labeled_output, target)
+        # float32 outside nnU-Net's CUDA autocast (autocast(enabled=False) fails on some devices, as nnU-Net notes)
+        with autocast(self.device.type, enabled=False) if self.device.type == "cuda" else dummy_context():
+            embeddings = self.contrastive_head(features.float())
+            labels = torch.cat([_full_resolution(target), pseudo_labels])[:, 0]
+            contrastive_loss = class_mean_contrast(embeddings, labels, self.num_contrast_classes, self.contrast_mode,
+                                                   self.pixels_per_class, self.contrast_temperature)
         return segmentation_loss, contrastive_loss
 
     def train_step(self, batch: dict) -> dict:
+        """Phase 1: nnU-Net's step. Joint phase: nnU-Net's step on ``[labelled, pseudo-labelled]`` images with
+        the labelled targets; ``joint_loss`` splits the output and adds the contrastive term."""
         iteration = self.global_iteration
         self.global_iteration += 1
         if iteration < self.phase1_iterations:
@@ -304,28 +322,14 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         if self.pseudo_labels_due(iteration):
             self.estimate_pseudo_labels(iteration)
         pseudo_batch = next(self.pseudo_loader)
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
-        pseudo_data = pseudo_batch["data"].to(self.device, non_blocking=True)
-        pseudo_labels = _full_resolution(pseudo_batch["target"]).to(self.device, non_blocking=True)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        segmentation_loss, contrastive_loss = self.joint_losses(data, target, pseudo_data, pseudo_labels)
-        total = segmentation_loss + self.lambda_cont * contrastive_loss
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trained_parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(self.trained_parameters(), 12)
-            self.optimizer.step()
-        return {"loss": segmentation_loss.detach().cpu().numpy(),
-                "contrastive_loss": contrastive_loss.detach().cpu().numpy()}
+        joint_batch = {"data": torch.cat([batch["data"], pseudo_batch["data"]]), "target": batch["target"]}
+        self.joint_step_labels = _full_resolution(pseudo_batch["target"]).to(self.device, non_blocking=True)
+        try:
+            with self.feature_tap:
+                super().train_step(joint_batch)
+        finally:
+            self.joint_step_labels = None
+        return self.joint_step_terms
 
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
@@ -335,20 +339,9 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
                                    f"{self.pseudo_round})")
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus the contrastive head and the pseudo-label state, written atomically."""
-        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-        from nnunet_cl.atomic import atomic_torch_save
-
-        aside = filename + ".nnunet.tmp"
-        nnUNetTrainer.save_checkpoint(self, aside)      # nothing written on other ranks / if disabled
-        if not os.path.isfile(aside):
-            return
-        checkpoint = torch.load(aside, map_location="cpu", weights_only=False)
-        os.remove(aside)
-        checkpoint["contrastive_head"] = self.contrastive_head.state_dict()
-        checkpoint["pseudo_label_state"] = {"round": self.pseudo_round, "estimated_at": self.pseudo_estimated_at}
-        atomic_torch_save(checkpoint, filename)
+    def checkpoint_extras(self) -> dict:
+        return {"contrastive_head": self.contrastive_head.state_dict(),
+                "pseudo_label_state": {"round": self.pseudo_round, "estimated_at": self.pseudo_estimated_at}}
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
