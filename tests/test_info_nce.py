@@ -138,7 +138,7 @@ def label_masks(labels):
 def pairwise_path(request, monkeypatch):
     """PairwiseLogSumExp compacts one large block at a time, or batches small blocks with masking; the
     buffer size decides which, so both are forced here on small inputs."""
-    from nnunet_cl.losses.info_nce import PairwiseLogSumExp
+    from nnunet_cl.losses.pairwise_logsumexp import PairwiseLogSumExp
     monkeypatch.setattr(PairwiseLogSumExp, "BUFFER_ELEMENTS", 1 if request.param == "single-block path" else 1 << 20)
     return request.param
 
@@ -186,7 +186,7 @@ def test_equal_labels_equal_the_mask_form_in_value_and_gradient(pairwise_path):
 
 
 def test_pairwise_logsumexp_gradcheck(pairwise_path):
-    from nnunet_cl.losses.info_nce import PairwiseLogSumExp
+    from nnunet_cl.losses.pairwise_logsumexp import PairwiseLogSumExp
     g = torch.Generator().manual_seed(9)
     z = torch.randn(2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
     valid = torch.tensor([[True] * 6, [True, False, True, True, False, True]])
