@@ -18,13 +18,16 @@ from nnunet_cl.trainers.pretrained_init import nnUNetTrainerPretrainedInit
 
 LABEL_FRACTIONS = {"": 1.0, "_10pct": 0.1, "_25pct": 0.25}
 
-__all__ = ["nnUNetTrainerCL", "nnUNetTrainerPretrainedInit", "LABEL_FRACTIONS", "fraction_variants"]
+__all__ = ["nnUNetTrainerCL", "nnUNetTrainerPretrainedInit", "LABEL_FRACTIONS", "fraction_variants",
+           "GENERATED_TRAINERS"]
+GENERATED_TRAINERS: list = []   # every class made by fraction_variants, in generation order (nnunet_cl trainers)
 
 
 def _publish(cls):
     cls.__module__ = __name__
     globals()[cls.__name__] = cls
     __all__.append(cls.__name__)
+    GENERATED_TRAINERS.append(cls)
     return cls
 
 

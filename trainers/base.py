@@ -130,6 +130,16 @@ class nnUNetTrainerCL(nnUNetTrainer):
         self.set_decoder_only(self.finetune_schedule.decoder_only(self.current_epoch))
         super().on_train_epoch_start()
 
+    @classmethod
+    def training_recipe(cls) -> str:
+        """How the trainer trains, for ``nnunet_cl trainers``."""
+        return "nnU-Net"
+
+    @classmethod
+    def initialisation(cls) -> str:
+        """What the trainer loads before training, for ``nnunet_cl trainers``."""
+        return "nothing (nnU-Net's initialisation)"
+
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
         batch_size = _positive_int_env("nnUNet_cl_batch_size")

@@ -18,6 +18,12 @@ class nnUNetTrainerLabelAwarePretrainedInit(nnUNetTrainerPretrainedInit):
     def method_options(self) -> dict:
         return {"fraction": self.label_fraction, "fold": self.fold}
 
+    @classmethod
+    def checkpoint_folder_name(cls) -> str:
+        from nnunet_cl.pretraining.methods import get_method
+        method = get_method(cls.pretraining_method)
+        return method.folder_name(dict(method.default_options, fraction=cls.label_fraction, fold="<fold>"))
+
     def check_checkpoint(self, checkpoint: dict, path: str) -> None:
         options = (checkpoint.get("config") or {}).get("options") or {}
         if "fraction" not in options or "fold" not in options:

@@ -75,6 +75,17 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
         """Options that decide the checkpoint folder (label-aware methods: fraction and fold)."""
         return {}
 
+    @classmethod
+    def checkpoint_folder_name(cls) -> str:
+        """The method's results sub-folder this trainer class reads (label-aware ones: per fraction and fold)."""
+        from nnunet_cl.pretraining.methods import get_method
+        method = get_method(cls.pretraining_method)
+        return method.folder_name(method.resolve_options({}))
+
+    @classmethod
+    def initialisation(cls) -> str:
+        return f"pretrained_prefixes of nnunet_cl/{cls.checkpoint_folder_name()}__<plans>__2d/{PRETRAINED_CHECKPOINT}"
+
     def pretrained_checkpoint_path(self) -> str:
         if os.environ.get(CHECKPOINT_ENV):
             return os.environ[CHECKPOINT_ENV]

@@ -124,6 +124,10 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         self.unlabeled_cases = None
         self.store = None
 
+    @classmethod
+    def training_recipe(cls) -> str:
+        return f"pseudo-label CL ({cls.contrast_mode})"
+
     # ---------------------------------------------------------------- set-up
     def initialize(self):
         super().initialize()

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_superpixels_parser(subparsers)
     from nnunet_cl.tools.show_superpixels import add_show_superpixels_parser  # SuperCL
     add_show_superpixels_parser(subparsers)
+    from nnunet_cl.tools.trainer_list import add_trainers_parser  # the generated trainer classes
+    add_trainers_parser(subparsers)
     from nnunet_cl.tools.benchmark import add_benchmark_parser  # quality benchmark
     add_benchmark_parser(subparsers)
     from nnunet_cl.tools.speed import add_speed_parser  # speed benchmark
