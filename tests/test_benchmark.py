@@ -8,7 +8,9 @@ import types
 
 import pytest
 
-from nnunet_cl.tools.benchmark import Benchmark, check_test_folder, msd_dataset_name, preprocessing_state, progress_line
+from nnunet_cl.tools.benchmark import Benchmark
+from nnunet_cl.tools.benchmark_children import ChildProcesses, progress_line
+from nnunet_cl.tools.benchmark_dataset import check_test_folder, msd_dataset_name, preprocessing_state
 from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, discover_families, make_budget, plan_runs,
                                       run_state)
 from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows
@@ -119,7 +121,7 @@ def test_budget_overrides_and_pinning(tmp_path):
         make_budget("cpu", finetune_epochs=0)
     with pytest.raises(NnunetClError, match="unknown preset"):
         make_budget("fast")
-    bench = Benchmark(types.SimpleNamespace(), make_budget("tiny"))
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
     bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
     bench.pin_budget()
     bench.pin_budget()                                    # same budget: fine
@@ -238,17 +240,17 @@ def test_child_environment_carries_exactly_the_budget(monkeypatch):
     monkeypatch.setenv("nnUNet_cl_num_epochs", "7")                    # a leftover in the user's shell
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("nnUNet_cl_plot_every", "3")
-    paper = Benchmark(types.SimpleNamespace(processes=2), make_budget("paper")).child_env(training=True)
+    paper = ChildProcesses(make_budget("paper"), processes=2).env(training=True)
     assert not {"nnUNet_cl_num_epochs", "nnUNet_cl_save_every", "nnUNet_cl_plot_every"} & set(paper)
     cpu_budget = make_budget("cpu")
-    bench = Benchmark(types.SimpleNamespace(processes=2), cpu_budget)
-    env = bench.child_env(training=True)
+    children = ChildProcesses(cpu_budget, processes=2)
+    env = children.env(training=True)
     assert env["nnUNet_cl_num_epochs"] == str(cpu_budget.finetune_epochs)
     assert env["nnUNet_cl_batch_size"] == str(cpu_budget.finetune_batch_size)
     assert int(env["nnUNet_cl_save_every"]) < cpu_budget.finetune_epochs     # interrupted runs can resume
     assert 1 < int(env["nnUNet_cl_plot_every"]) < cpu_budget.finetune_epochs
     assert env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_extTrainer"].split(os.pathsep)[0] == SHIM_DIR
-    assert "nnUNet_n_proc_DA" not in bench.child_env(training=False)       # 0 would break nnU-Net's planner
+    assert "nnUNet_n_proc_DA" not in children.env(training=False)       # 0 would break nnU-Net's planner
 
 
 def test_plateau_preset_runs_three_folds_per_cell(synthetic_env):
@@ -290,3 +292,44 @@ def test_benchmark_bad_input_is_one_line_and_writes_nothing(synthetic_env, tmp_p
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert not (out / "budget.json").exists() and not (out / "nnUNet_results").exists()
+
+
+def test_quick_preset_selects_one_method_and_scratch_at_10_percent_on_fold_0(synthetic_env):
+    proc = synthetic_env.run(["nnunet_cl", "benchmark", "-d", SYNTH_ID, "--preset", "quick", "--list"], training=False)
+    lines = [l.split() for l in proc.stdout.splitlines() if l.strip().startswith(("finetune", "pretrain"))]
+    assert [l[:2] for l in lines] == [["finetune", "scratch"], ["pretrain", "pcl"], ["finetune", "pcl"]], proc.stdout
+    assert [l[-1] for l in lines if l[0] == "finetune"] == ["nnUNetTrainerScratch_10pct", "nnUNetTrainerPCLInit_10pct"]
+    assert all(l[2:5] == ["10", "%", "fold"] and l[5] == "0" for l in lines if l[0] == "finetune")
+    assert make_budget("quick").fingerprint() == make_budget("cpu").fingerprint()   # the cpu budget, fewer runs
+
+
+@pytest.mark.integration
+def test_quick_preset_without_a_dataset_generates_one_and_prints_both_dice_scores(tmp_path):
+    """No -d and no nnU-Net variables: the generated dataset below OUTPUT, then the two runs' DSC and folders
+    (budget shrunk to seconds through the preset overrides)."""
+    import subprocess
+    from tests.conftest import console_script
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(nnUNet_compile="false", nnUNet_n_proc_DA="0")
+    out = tmp_path / "quick"
+    tiny = ["--pretrain-epochs", "1", "--pretrain-iters", "2", "--pretrain-batch", "4", "--epochs", "1",
+            "--iters", "2", "--batch", "2", "--val-iters", "1"]
+    proc = subprocess.run([console_script("nnunet_cl"), "benchmark", "--preset", "quick", "-o", str(out), "-np", "1",
+                           *tiny], env=env, capture_output=True, text=True, timeout=2400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no dataset given (-d): generating Dataset990_Synth (40 cases" in proc.stdout
+    assert (out / "nnUNet_raw" / "Dataset990_Synth" / "dataset.json").is_file()
+    summary = proc.stdout[proc.stdout.index("validation DSC"):].splitlines()
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    for trainer in ("nnUNetTrainerScratch_10pct", "nnUNetTrainerPCLInit_10pct"):
+        (line,) = [l for l in summary if f" {trainer} " in l]
+        dsc = [float(r["dsc"]) for r in rows if r["trainer"] == trainer]
+        assert f"DSC {100 * sum(dsc) / len(dsc):.1f} %" in line, line     # the number of results.csv / results.md
+        folder = line.split()[-1]
+        assert folder.endswith(os.path.join(f"{trainer}__nnUNetPlans__2d", "fold_0"))
+        assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
+    (checkpoint_line,) = [l for l in summary if "pre-trained checkpoint:" in l]
+    assert os.path.isfile(checkpoint_line.split()[-1]) and "pcl__nnUNetPlans__2d" in checkpoint_line
+    assert not [l for l in summary if "nnUNetTrainerScratch " in l]               # no 100 % upper bound

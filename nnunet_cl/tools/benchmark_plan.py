@@ -32,6 +32,9 @@ REFERENCE_METHOD = "scratch"        # every paired difference in the report is t
 UPPER_BOUND_METHOD = REFERENCE_METHOD   # also run at 100 % labels, as the paper's upper bound
 
 
+SELECTION_FIELDS = ("name", "folds", "methods", "fractions", "upper_bound", "print_summary")
+
+
 @dataclass(frozen=True)
 class Budget:
     """Training budget of every run of one benchmark. ``None``: nnU-Net's own value (plans / 1000 epochs)."""
@@ -46,6 +49,11 @@ class Budget:
     device: str
     folds: tuple
     test_time_augmentation: bool = True     # mirroring in the final validation and in nnUNetv2_predict of --test-images
+    # What the preset runs when the command line does not say (not part of the budget's fingerprint):
+    methods: Optional[tuple] = None         # None: every registered benchmark method
+    fractions: Optional[tuple] = None       # None: DEFAULT_FRACTIONS
+    upper_bound: bool = True                # scratch at 100 % labels too
+    print_summary: bool = False             # at the end, each run's validation DSC and where its files are
 
     def finetune_env(self) -> dict:
         """The nnUNet_cl_* budget variables; unset (None) ones are removed from the child's environment."""
@@ -59,8 +67,8 @@ class Budget:
                 "--batch-size", self.pretrain_batch_size, "-device", self.device]
 
     def fingerprint(self) -> dict:
-        """What makes two runs comparable: every budget value except the preset's name and its folds."""
-        return {k: v for k, v in asdict(self).items() if k not in ("name", "folds")}
+        """What makes two runs comparable: every budget value, not the preset's name, folds or selection."""
+        return {k: v for k, v in asdict(self).items() if k not in SELECTION_FIELDS}
 
     def describe(self) -> str:
         ft = self.finetune_env()
@@ -96,6 +104,13 @@ PRESETS = {
     "paper": Budget("paper", pretrain_epochs=100, pretrain_iters_per_epoch=250, pretrain_batch_size=32,
                     finetune_epochs=None, finetune_iters_per_epoch=None, finetune_batch_size=None,
                     finetune_val_iters_per_epoch=None, device="cuda", folds=(0, 1, 2, 3, 4)),
+    # The first run of a new user: one method (PCL) and scratch at 10 % labels on fold 0 with the cpu budget,
+    # then both validation DSCs and where the results are. Its time is estimated from the cpu preset's measured
+    # steps (README, "The two commands").
+    "quick": Budget("quick", pretrain_epochs=10, pretrain_iters_per_epoch=25, pretrain_batch_size=32,
+                    finetune_epochs=20, finetune_iters_per_epoch=35, finetune_batch_size=16,
+                    finetune_val_iters_per_epoch=5, device="cpu", folds=(0,), test_time_augmentation=False,
+                    methods=("scratch", "pcl"), fractions=(0.1,), upper_bound=False, print_summary=True),
     # Seconds per run: for tests and for checking an installation end to end. Its numbers mean nothing.
     "tiny": Budget("tiny", pretrain_epochs=1, pretrain_iters_per_epoch=2, pretrain_batch_size=4,
                    finetune_epochs=1, finetune_iters_per_epoch=2, finetune_batch_size=2,

@@ -57,7 +57,7 @@ from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
 from nnunet_cl.pretraining.loader import BatchLoader
 from nnunet_cl.pretraining.methods import METHODS, get_method
 from nnunet_cl.pretraining.superpixels import superpixel_volume
-from nnunet_cl.tools.benchmark import machine_description
+from nnunet_cl.tools.benchmark_evaluation import machine_description
 from nnunet_cl.tools.benchmark_report import write_text
 
 
