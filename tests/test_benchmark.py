@@ -134,7 +134,7 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     for variable in ("nnUNet_cl_finetune_schedule", "nnUNet_cl_finetune_peak_lr", "nnUNet_cl_pretrained_parts",
                      "nnUNet_cl_weight_norm_reset"):
         monkeypatch.delenv(variable, raising=False)
-    bench = Benchmark(types.SimpleNamespace(), make_budget("tiny"))
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
     bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "nosuch")
     with pytest.raises(NnunetClError, match="not a fine-tuning schedule"):
