@@ -1,6 +1,9 @@
 """Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
 
 A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a truncated one.
+The file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus the umask), as
+nnU-Net's own files: ``mkstemp`` alone would make it 0600, unreadable for a lab group sharing
+``nnUNet_results``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ def _atomic_target(path: str):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield tmp
@@ -27,6 +31,20 @@ def _atomic_target(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: /proc), else via a set-and-restore."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj, path: str) -> None:

@@ -22,6 +22,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
+from nnunet_cl.splits import check_fold
+from nnunet_cl.validation import positive_int_env
 
 BUDGET_VARIABLES = {
     "nnUNet_cl_num_epochs": "num_epochs",
@@ -30,19 +32,6 @@ BUDGET_VARIABLES = {
     # checkpoint_latest.pth every N epochs (nnU-Net: 50), so an interrupted short run resumes with --c
     "nnUNet_cl_save_every": "save_every",
 }
-
-
-def _positive_int_env(name: str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise NnunetClError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
-    return number
 
 
 def unwrap_network(network):
@@ -62,22 +51,23 @@ class nnUNetTrainerCL(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         check_label_fraction(self.label_fraction)
+        check_fold(self.preprocessed_dataset_folder_base, fold)
         for variable, attribute in BUDGET_VARIABLES.items():
-            value = _positive_int_env(variable)
+            value = positive_int_env(variable)
             if value is not None:
                 setattr(self, attribute, value)
         self.validation_mirroring = os.environ.get("nnUNet_cl_val_mirroring", "1")
         if self.validation_mirroring not in ("0", "1"):
             raise NnunetClError(f"nnUNet_cl_val_mirroring={self.validation_mirroring!r} must be 0 (no mirroring in the "
                                 f"final validation) or 1 (nnU-Net's default)")
-        self.plot_every = _positive_int_env("nnUNet_cl_plot_every") or 1
-        threads = _positive_int_env("nnUNet_cl_num_threads")
+        self.plot_every = positive_int_env("nnUNet_cl_plot_every") or 1
+        threads = positive_int_env("nnUNet_cl_num_threads")
         if threads is not None:
             torch.set_num_threads(threads)
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
-        batch_size = _positive_int_env("nnUNet_cl_batch_size")
+        batch_size = positive_int_env("nnUNet_cl_batch_size")
         if batch_size is not None:
             self.batch_size = batch_size
 

@@ -66,19 +66,11 @@ from nnunet_cl.heads import PixelProjectionHead
 from nnunet_cl.label_subsets import labeled_subset
 from nnunet_cl.losses.class_mean_contrast import MODES, class_mean_contrast
 from nnunet_cl.pseudo_labels import PseudoLabeledDataset, PseudoLabelStore, RoundAgreement, label_dtype
-from nnunet_cl.trainers.base import _positive_int_env, nnUNetTrainerCL, unwrap_network
+from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
+from nnunet_cl.validation import int_env, positive_int_env
 
 PHASE1_ENV = "nnUNet_cl_pseudo_phase1_iterations"
 EVERY_ENV = "nnUNet_cl_pseudo_label_every"
-
-
-def _non_negative_int_env(name: str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise NnunetClError(f"{name}={value!r} must be a non-negative integer (or unset for the default)")
-    return int(value)
 
 
 def _full_resolution(target):
@@ -103,12 +95,12 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         if self.contrast_mode not in MODES:
             raise NnunetClError(f"contrast_mode {self.contrast_mode!r} of {type(self).__name__} is not one of {MODES}")
         total = self.num_epochs * self.num_iterations_per_epoch
-        phase1 = _non_negative_int_env(PHASE1_ENV)
+        phase1 = int_env(PHASE1_ENV, minimum=0)
         self.phase1_iterations = phase1 if phase1 is not None else int(round(self.phase1_fraction * total))
         if self.phase1_iterations >= total:
             raise NnunetClError(f"phase 1 ({self.phase1_iterations} iterations, {PHASE1_ENV}) leaves no joint "
                                 f"training within the {total} iterations of this run; lower it")
-        every = _positive_int_env(EVERY_ENV)
+        every = positive_int_env(EVERY_ENV)
         joint = total - self.phase1_iterations
         self.pseudo_label_every = every or max(1, math.ceil(joint / self.pseudo_label_rounds))
         self.global_iteration = 0

@@ -36,11 +36,14 @@ from datetime import datetime, timedelta
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.console_scripts import console_script
-from nnunet_cl.tools.benchmark_plan import (DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
-                                      discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
-                                      pretrain_resumable, run_state, training_done, training_resumable)
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.splits import check_fold_exists
+from nnunet_cl.folder_lock import FolderLock
+from nnunet_cl.splits import check_fold_exists, parse_fold
+from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout,
+                                            FinetuneRun, PretrainJob, discover_families, fraction_label, make_budget,
+                                            plan_runs, pretrain_done, pretrain_resumable, run_state, training_done,
+                                            training_resumable)
+from nnunet_cl.validation import positive_int
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed")
 # Lines of the children's output echoed to the console (everything goes to the run's log file).
@@ -72,25 +75,20 @@ def add_benchmark_parser(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="echo the children's whole output")
     budget = p.add_argument_group("budget overrides (of the preset)")
-    for flag, dest in (("--pretrain-epochs", "pretrain_epochs"), ("--pretrain-iters", "pretrain_iters_per_epoch"),
-                       ("--pretrain-batch", "pretrain_batch_size"), ("--epochs", "finetune_epochs"),
-                       ("--iters", "finetune_iters_per_epoch"), ("--batch", "finetune_batch_size"),
-                       ("--val-iters", "finetune_val_iters_per_epoch")):
+    for dest, flag in BUDGET_FLAGS.items():
         budget.add_argument(flag, dest=dest, type=int, default=None)
     budget.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda"), default=None)
     p.set_defaults(func=run_benchmark)
 
 
 def run_benchmark(args) -> None:
-    overrides = {k: getattr(args, k) for k in ("pretrain_epochs", "pretrain_iters_per_epoch", "pretrain_batch_size",
-                                               "finetune_epochs", "finetune_iters_per_epoch", "finetune_batch_size",
-                                               "finetune_val_iters_per_epoch", "device")}
+    overrides = {k: getattr(args, k) for k in (*BUDGET_FLAGS, "device")}
     if args.folds:
-        from nnunet_cl.splits import parse_fold
         overrides["folds"] = tuple(parse_fold(f) for f in args.folds)
     budget = make_budget(args.preset, **overrides)
     if (args.test_images is None) != (args.test_labels is None):
         raise NnunetClError("--test-images and --test-labels go together (a test folder needs its labels)")
+    positive_int(args.processes, "-np")
     Benchmark(args, budget).run()
 
 
@@ -108,10 +106,16 @@ class Benchmark:
         return os.path.abspath(self.args.output or os.path.join(os.getcwd(), "nnunet_cl_benchmark",
                                                                 f"{self.dataset_name}_{self.budget.name}"))
 
-    def setup_environment(self) -> None:
-        """OUTPUT/nnUNet_results for every run; raw / preprocessed from the environment, else below OUTPUT."""
+    def resolve_paths(self) -> None:
+        """OUTPUT, and nnUNet_raw / nnUNet_preprocessed from the environment, else below OUTPUT (nothing is
+        created yet)."""
         self.output = self.output_folder()
+        if os.path.exists(self.output) and not os.path.isdir(self.output):
+            raise NnunetClError(f"--output {self.output} is a file, not a folder; choose another --output")
         self.default_data_paths(self.output)
+
+    def setup_environment(self) -> None:
+        """OUTPUT/nnUNet_results for every run, and the data folders."""
         # This process resolves names through nnU-Net, which reads the variables lazily: set them here too.
         os.environ["nnUNet_results"] = os.path.join(self.output, "nnUNet_results")
         for variable in NNUNET_PATH_VARIABLES + ("nnUNet_results",):
@@ -158,49 +162,62 @@ class Benchmark:
             env.pop("nnUNet_n_proc_DA", None)   # 0 breaks nnU-Net's planner (torch.set_num_threads(0))
         return env
 
-    def pin_budget(self) -> None:
+    def check_budget(self) -> bool:
+        """True when OUTPUT/budget.json pins this budget already; an error when it pins another one."""
         path = os.path.join(self.output, "budget.json")
+        if not os.path.isfile(path):
+            return False
         fingerprint = self.budget.fingerprint()
-        if os.path.isfile(path):
-            with open(path) as f:
-                pinned = json.load(f)
-            if pinned.get("budget") != fingerprint:
-                changed = sorted(k for k in fingerprint if pinned.get("budget", {}).get(k) != fingerprint[k])
-                raise NnunetClError(f"{self.output} holds runs made with another budget (differs in: {', '.join(changed)}); "
-                                    "use another --output, or the same preset and overrides as before")
-            return
-        atomic_write_json({"preset": self.budget.name, "budget": fingerprint, "dataset": self.dataset_name}, path)
+        with open(path) as f:
+            pinned = json.load(f)
+        if pinned.get("budget") != fingerprint:
+            changed = sorted(k for k in fingerprint if pinned.get("budget", {}).get(k) != fingerprint[k])
+            raise NnunetClError(f"{self.output} holds runs made with another budget (differs in: {', '.join(changed)}); "
+                                "use another --output, or the same preset and overrides as before")
+        return True
+
+    def pin_budget(self) -> None:
+        if not self.check_budget():
+            atomic_write_json({"preset": self.budget.name, "budget": self.budget.fingerprint(),
+                               "dataset": self.dataset_name}, os.path.join(self.output, "budget.json"))
 
     # -------------------------------------------------------------------- dataset
-    def prepare_dataset(self) -> None:
+    def resolve_dataset(self) -> None:
         spec = self.args.dataset
         if os.path.isdir(spec):
             self.dataset_id, self.dataset_name = msd_dataset_name(spec)
         else:
             self.dataset_name = self.resolve_dataset_id(spec)
             self.dataset_id = int(self.dataset_name[7:10])
-        preprocessed = os.environ.get("nnUNet_preprocessed") or os.path.join(self.output_folder(), "nnUNet_preprocessed")
+
+    def check_inputs(self) -> None:
+        """Folds against the split, the test folder, the plans and the pinned budget: before OUTPUT exists."""
+        preprocessed = os.environ["nnUNet_preprocessed"]
         for fold in self.budget.folds:
             check_fold_exists(os.path.join(preprocessed, self.dataset_name), fold)
         self.with_test = self.args.test_images is not None
         if self.with_test:
-            self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels, self.file_ending(spec))
+            self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels,
+                                                self.file_ending(self.args.dataset))
+        if self.args.plans != "nnUNetPlans" and not os.path.isfile(
+                os.path.join(preprocessed, self.dataset_name, self.args.plans + ".json")):
+            raise NnunetClError(f"{self.dataset_name} has no plans {self.args.plans!r}; create them first (e.g. "
+                                f"nnUNetv2_plan_and_preprocess -d {self.dataset_id} -c 2d -pl <planner>) or drop -p")
+        self.check_budget()
+
+    def prepare_dataset(self) -> None:
+        spec = self.args.dataset
         self.setup_environment()
         raw = os.path.join(os.environ["nnUNet_raw"], self.dataset_name)
-        if os.path.isdir(spec) and not os.path.isfile(os.path.join(raw, "dataset.json")) and not self.args.list:
+        if os.path.isdir(spec) and not os.path.isfile(os.path.join(raw, "dataset.json")):
             if os.path.isdir(raw):
                 import shutil
                 print(f"removing the incomplete conversion {raw} (it has no dataset.json)", flush=True)
                 shutil.rmtree(raw)
             self.execute(["nnUNetv2_convert_MSD_dataset", "-i", os.path.abspath(spec), "-np", self.args.processes],
                          "convert", "convert the MSD task", training=False)
-        if self.args.list:
-            return
         state = preprocessing_state(os.environ["nnUNet_raw"], os.environ["nnUNet_preprocessed"], self.dataset_name,
                                     self.args.plans)
-        if state == "plan" and self.args.plans != "nnUNetPlans":
-            raise NnunetClError(f"{self.dataset_name} has no plans {self.args.plans!r}; create them first (e.g. "
-                                f"nnUNetv2_plan_and_preprocess -d {self.dataset_id} -c 2d -pl <planner>) or drop -p")
         if state == "plan":
             self.execute(["nnUNetv2_plan_and_preprocess", "-d", self.dataset_id, "-c", "2d", "-np",
                           self.args.processes], "preprocess", "plan and preprocess (2d)", training=False)
@@ -211,8 +228,13 @@ class Benchmark:
     def file_ending(self, spec: str) -> str:
         if os.path.isdir(spec):
             return ".nii.gz"                    # what nnUNetv2_convert_MSD_dataset writes
-        with open(os.path.join(os.environ["nnUNet_raw"], self.dataset_name, "dataset.json")) as f:
-            return json.load(f)["file_ending"]
+        for variable in ("nnUNet_raw", "nnUNet_preprocessed"):
+            path = os.path.join(os.environ[variable], self.dataset_name, "dataset.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    return json.load(f)["file_ending"]
+        raise NnunetClError(f"{self.dataset_name} has no dataset.json in nnUNet_raw or nnUNet_preprocessed; "
+                            "convert the dataset first (or give its MSD task folder)")
 
     # -------------------------------------------------------------------- subprocesses
     def execute(self, args: list, log_name: str, what: str, training: bool = True, total_epochs=None) -> None:
@@ -344,17 +366,26 @@ class Benchmark:
 
     # -------------------------------------------------------------------- main loop
     def run(self) -> None:
-        self.prepare_dataset()
+        # Every input is checked before OUTPUT (or anything in it) is created; one benchmark per OUTPUT.
+        self.resolve_dataset()
+        self.resolve_paths()
         self.layout = BenchmarkLayout(self.output, self.dataset_name, self.args.plans)
         families = discover_families()
         runs, missing = plan_runs(families, self.args.methods, self.args.fractions, self.budget.folds,
                                   self.args.upper_bound)
+        self.check_inputs()
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
+        os.makedirs(self.output, exist_ok=True)
+        with FolderLock(self.output, "nnunet_cl benchmark"):
+            self.run_locked(runs, missing)
+
+    def run_locked(self, runs: list, missing: list) -> None:
+        self.pin_budget()
+        self.prepare_dataset()
         with open(os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name, "dataset.json")) as f:
             self.dataset_json = json.load(f)
-        self.pin_budget()
         for method, fraction in missing:
             print(f"note: {method} has no trainer for {fraction_label(fraction)} labels; that cell is left out")
         steps = self.steps(runs)
@@ -478,6 +509,9 @@ def preprocessing_state(raw: str, preprocessed: str, dataset_name: str, plans: s
 
 def check_test_folder(images: str, labels: str, ending: str) -> list:
     """Case ids of the test folder; every image (CASE_0000<ending>) needs its label (CASE<ending>)."""
+    for flag, folder in (("--test-images", images), ("--test-labels", labels)):
+        if not os.path.isdir(folder):
+            raise NnunetClError(f"{flag} {folder} is not a folder; give the folder of the test cases")
     cases = sorted({os.path.basename(p)[: -len("_0000" + ending)]
                     for p in glob.glob(os.path.join(images, "*_0000" + ending))})
     if not cases:
