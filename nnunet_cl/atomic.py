@@ -17,7 +17,7 @@ import torch
 
 
 @contextmanager
-def _atomic_target(path: str):
+def atomic_target(path: str):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -48,11 +48,11 @@ def current_umask() -> int:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
 
 
 def atomic_write_json(obj, path: str) -> None:
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)

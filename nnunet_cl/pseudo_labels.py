@@ -22,7 +22,7 @@ import shutil
 
 import numpy as np
 
-from nnunet_cl.atomic import _atomic_target, atomic_write_json
+from nnunet_cl.atomic import atomic_target, atomic_write_json
 
 
 def label_dtype(max_label: int):
@@ -48,10 +48,10 @@ class PseudoLabelStore:
 
     def write_case(self, round_number: int, case: str, labels: np.ndarray, class_locations: dict) -> None:
         base = os.path.join(self.round_folder(round_number), case)
-        with _atomic_target(base + ".npy") as tmp:
+        with atomic_target(base + ".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, labels)
-        with _atomic_target(base + "_class_locations.pkl") as tmp:
+        with atomic_target(base + "_class_locations.pkl") as tmp:
             with open(tmp, "wb") as f:
                 pickle.dump(class_locations, f)
 

@@ -210,7 +210,7 @@ class Pretrainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from nnunet_cl.atomic import _atomic_target
+        from nnunet_cl.atomic import atomic_target
         epochs = self.history["epoch"]
         terms = [k for k in self.history if k not in ("epoch", "lr", "iteration_loss")]
         fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -220,7 +220,7 @@ class Pretrainer:
         ax_loss.set_title(f"{self.config.method} pre-training on {self.context.dataset_name}")
         ax_lr.plot(epochs, self.history["lr"], color="k"); ax_lr.set_ylabel("learning rate"); ax_lr.set_xlabel("epoch")
         fig.tight_layout()
-        with _atomic_target(os.path.join(self.output_folder, "progress.png")) as tmp:
+        with atomic_target(os.path.join(self.output_folder, "progress.png")) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
 

@@ -159,8 +159,8 @@ def _slic_job(job) -> tuple:
 
 
 def _save_case(folder: str, case_id: str, labels: np.ndarray) -> None:
-    from nnunet_cl.atomic import _atomic_target
-    with _atomic_target(_case_path(folder, case_id)) as tmp:
+    from nnunet_cl.atomic import atomic_target
+    with atomic_target(_case_path(folder, case_id)) as tmp:
         with open(tmp, "wb") as f:    # a file object: np.save would append ".npy" to a path
             np.save(f, labels)
 

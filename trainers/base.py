@@ -22,7 +22,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
-from nnunet_cl.splits import check_fold
+from nnunet_cl.splits import check_fold_exists
 from nnunet_cl.validation import positive_int_env
 
 BUDGET_VARIABLES = {
@@ -51,7 +51,7 @@ class nnUNetTrainerCL(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         check_label_fraction(self.label_fraction)
-        check_fold(self.preprocessed_dataset_folder_base, fold)
+        check_fold_exists(self.preprocessed_dataset_folder_base, fold)
         for variable, attribute in BUDGET_VARIABLES.items():
             value = positive_int_env(variable)
             if value is not None:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from nnunet_cl.atomic import _atomic_target
+from nnunet_cl.atomic import atomic_target
 from nnunet_cl.tools.benchmark_plan import REFERENCE_METHOD, fraction_label
 from nnunet_cl.tools.paired_stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, compare
 
@@ -32,7 +32,7 @@ METRICS = (("dsc", "DSC (%)", 100.0), ("jc", "JC (%)", 100.0), ("hd95", "HD95 (m
 
 def write_rows(rows: list, path: str) -> None:
     rows = with_row_differences(rows)
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
@@ -201,7 +201,7 @@ def markdown(rows: list, header_lines: list) -> str:
 
 
 def write_text(text: str, path: str) -> None:
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
 
@@ -273,6 +273,6 @@ def plot_dsc(rows: list, path: str, title: str) -> None:
         ax.set_title(f"{fraction_label(fraction)} labels\n95 % CI: cases (thick), folds (thin)", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -56,7 +56,7 @@ def render_grid(slices, cache, case_indices, path: str, columns: int = 4) -> Non
     import matplotlib.pyplot as plt
     from skimage.segmentation import find_boundaries
 
-    from nnunet_cl.atomic import _atomic_target
+    from nnunet_cl.atomic import atomic_target
 
     rows = int(np.ceil(len(case_indices) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
@@ -85,7 +85,7 @@ def render_grid(slices, cache, case_indices, path: str, columns: int = 4) -> Non
                      fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
