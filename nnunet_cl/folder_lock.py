@@ -30,11 +30,19 @@ class FolderLock:
         self.fd = None
 
     def acquire(self) -> None:
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            self._acquire()
+        except OSError as error:
+            raise NnunetClError(f"cannot lock {self.folder} ({error.strerror}); check its permissions or use "
+                                "another folder") from None
+
+    def _acquire(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = _read(fd) or "holder unknown"
                 os.close(fd)
                 raise NnunetClError(f"{self.folder} is in use by another run ({holder}); {self.fix}, or use "

@@ -19,16 +19,17 @@ def _say(name: str, value) -> str:
     return f"{name} {value!r}" if name.startswith("-") else f"{name}={value!r}"
 
 
-def int_at_least(value, minimum: int, name: str, why: str = "") -> int:
-    """``value`` as an int >= ``minimum`` (bools and non-integral floats are refused)."""
+def int_at_least(value, minimum: int, name: str, why: str = "", maximum: Optional[int] = None) -> int:
+    """``value`` as an int >= ``minimum`` (and <= ``maximum``); bools and non-integral floats are refused."""
     try:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
         number = int(value)
     except (TypeError, ValueError, OverflowError):
         number = None
-    if number is None or number < minimum:
-        raise NnunetClError(f"{_say(name, value)} must be an integer >= {minimum}" + (f" ({why})" if why else ""))
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        where = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise NnunetClError(f"{_say(name, value)} must be an integer {where}" + (f" ({why})" if why else ""))
     return number
 
 

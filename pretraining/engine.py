@@ -5,10 +5,10 @@ Output folder ``$nnUNet_results/<Dataset>/nnunet_cl/<method>__<plans>__2d/``:
 ``progress.png`` (loss curves) and ``config.json`` (the resolved configuration).
 
 Guarantees (README, Errors): every value is checked in ``Pretrainer.__init__``, before the folder is
-touched; one run per folder (``FolderLock``); a fresh run (no ``--c``) into a folder that holds
-checkpoints leaves them untouched until it writes its own first checkpoint, and only then moves the
-earlier run's files into ``replaced_runs/<time>/`` (nothing is deleted); SIGINT / SIGTERM end with one
-line naming the checkpoint to resume from and the exact ``--c`` command (exit 130 / 143).
+touched; one run per folder (``FolderLock``); a fresh run (no ``--c``) starts over, as ``nnUNetv2_train``
+does, but leaves an earlier run's files untouched until its own first checkpoint has replaced them
+(atomically); a checkpoint with NaN/inf weights is never written; SIGINT / SIGTERM end with one line
+naming the checkpoint that holds the last state and the exact ``--c`` command (exit 130 / 143).
 Optimiser: SGD (momentum 0.9, weight decay 1e-5) with a cosine schedule per iteration, as PCL,
 SuperCL and JCL's public code.
 
@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.atomic import atomic_target, atomic_write_json
 from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from nnunet_cl.errors import NnunetClError
@@ -50,9 +50,8 @@ from nnunet_cl.pretraining.slices import PreprocessedSlices
 from nnunet_cl.validation import check_pretrain_budget, int_at_least, positive_finite_float, positive_int
 
 CHECKPOINT_NAMES = ("checkpoint_latest.pth", "checkpoint_previous.pth", "checkpoint_final.pth")
-# What a fresh run moves aside (once it has its own first checkpoint) when the folder holds an earlier run.
+# The files of one run; a fresh run replaces an earlier run's once it has saved its first checkpoint.
 RUN_FILES = CHECKPOINT_NAMES + ("config.json", "pretrain_log.txt", "progress.png")
-REPLACED_RUNS = "replaced_runs"
 
 
 class Terminated(BaseException):
@@ -85,7 +84,7 @@ def check_config(config: PretrainConfig) -> None:
     if config.lr is not None:
         positive_finite_float(config.lr, "--lr")
     positive_int(config.save_every, "--save-every", "epochs between checkpoint_latest.pth")
-    int_at_least(config.seed, 0, "--seed")
+    int_at_least(config.seed, 0, "--seed", maximum=2 ** 32 - 1)
 
 
 def cosine_lr(base_lr: float, iteration: int, total_iterations: int) -> float:
@@ -139,7 +138,7 @@ class Pretrainer:
         self.history: dict = {"epoch": [], "lr": []}
         self.saved = None            # (path, epoch) of the newest checkpoint this run wrote or resumed from
         self.earlier_run: list = []  # files of an earlier run, kept until this (fresh) run saves its first checkpoint
-        self.pending_log: list = []
+        self.pending_log: list = []  # this run's log lines while pretrain_log.txt is still the earlier run's
 
     def step_precision(self) -> Precision:
         """Autocast and gradient scaling of the training step (``--precision``; auto: float16 + GradScaler on
@@ -210,7 +209,6 @@ class Pretrainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from nnunet_cl.atomic import atomic_target
         epochs = self.history["epoch"]
         terms = [k for k in self.history if k not in ("epoch", "lr", "iteration_loss")]
         fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -248,8 +246,8 @@ class Pretrainer:
             return False
         if checkpoint["method"] != self.config.method:
             raise NnunetClError(f"{path} belongs to method {checkpoint['method']!r}, not {self.config.method!r}; "
-                                f"resume it with -m {checkpoint['method']}, or start {self.config.method} without "
-                                f"--c (the files there are moved to {REPLACED_RUNS}/ once the new run saves)")
+                                f"resume it with -m {checkpoint['method']}, or start {self.config.method} over "
+                                "without --c (its files stay until the new run's first checkpoint replaces them)")
         if checkpoint["architecture_fingerprint"] != architecture_fingerprint(self.network):
             raise NnunetClError(f"{path} was made for another architecture; start without --c")
         self.network.load_state_dict(checkpoint["network_weights"])
@@ -297,7 +295,7 @@ class Pretrainer:
             path, epoch = self.saved
             return (f"{path} holds epoch {epoch}/{self.config.epochs}; resume with: {self.command(resume=True)}")
         if self.earlier_run:
-            return (f"this run saved no checkpoint yet and the earlier run's files in {self.output_folder} are "
+            return (f"this run saved no checkpoint yet; the earlier run's files in {self.output_folder} are "
                     f"untouched; start again with: {self.command(resume=False)}")
         return f"no checkpoint was saved yet; start again with: {self.command(resume=False)}"
 
@@ -314,7 +312,7 @@ class Pretrainer:
         with self.precision.autocast(self.device):
             loss, terms = self.method.compute_loss(self.network, batch)
         if not torch.isfinite(loss):
-            raise NnunetClError(f"loss became {float(loss)} at epoch {self.epoch}, iteration {self.iteration}; stopped "
+            raise NnunetClError(f"loss became {float(loss.detach())} at epoch {self.epoch}, iteration {self.iteration}; stopped "
                                 f"(lower --lr). {self.checkpoint_state()}")
         parameters = list(self.network.parameters()) + list(self.method.parameters())
         # backward outside autocast, as nnU-Net; with float16 the loss is scaled and the gradients unscaled
@@ -338,41 +336,34 @@ class Pretrainer:
     def save(self, name: str) -> None:
         if self.rank != 0:
             return
-        broken = non_finite_tensors(self.network.state_dict())
+        broken = non_finite_tensors({**self.network.state_dict(), **{f"heads.{k}": v for k, v in
+                                                                     self.method.state_dict().items()}})
         if broken:   # never replace a good checkpoint by a broken one
             raise NnunetClError(f"the weights became NaN/inf ({len(broken)} tensors, e.g. {broken[0]}) by epoch "
                                 f"{self.epoch}; stopped (lower --lr). {self.checkpoint_state()}")
-        if self.earlier_run:
-            self.replace_earlier_run()
         path = os.path.join(self.output_folder, name)
-        if name == "checkpoint_latest.pth" and os.path.isfile(path):
+        if name == "checkpoint_latest.pth" and os.path.isfile(path) and not self.earlier_run:
             # Keep the last good one: --c falls back to it if the new latest turns out corrupt.
             os.replace(path, os.path.join(self.output_folder, "checkpoint_previous.pth"))
-        save_checkpoint(self.checkpoint_dict(), path)
+        save_checkpoint(self.checkpoint_dict(), path)   # atomic: an earlier run's file of that name until now
         self.saved = (path, self.epoch)
+        if self.earlier_run:
+            self.replace_earlier_run(name)
 
-    def files_of_earlier_run(self) -> list:
-        """The run files in the folder when it holds checkpoints of an earlier run (else nothing worth keeping)."""
-        present = [n for n in RUN_FILES if os.path.isfile(os.path.join(self.output_folder, n))]
-        return present if any(n in CHECKPOINT_NAMES for n in present) else []
-
-    def replace_earlier_run(self) -> None:
-        """This fresh run is about to save its first checkpoint: the earlier run's files move aside, whole."""
-        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        target = os.path.join(self.output_folder, REPLACED_RUNS, stamp)
-        suffix = 1
-        while os.path.exists(target):
-            target = os.path.join(self.output_folder, REPLACED_RUNS, f"{stamp}_{suffix}")
-            suffix += 1
-        os.makedirs(target)
-        for name in self.earlier_run:
-            os.replace(os.path.join(self.output_folder, name), os.path.join(target, name))
+    def replace_earlier_run(self, saved: str) -> None:
+        """This fresh run has its first checkpoint (``saved``): the earlier run's other files go, so the
+        folder holds one run only (its config, log and curves start now)."""
+        replaced = [n for n in self.earlier_run if n != saved]
+        for name in replaced:
+            if name in CHECKPOINT_NAMES or name == "progress.png":
+                os.remove(os.path.join(self.output_folder, name))
         self.earlier_run = []
         self.write_config()
         pending, self.pending_log = self.pending_log, []
-        with open(os.path.join(self.output_folder, "pretrain_log.txt"), "a") as f:
-            f.writelines(line + "\n" for line in pending)
-        self.log(f"the earlier run's files ({', '.join(sorted(os.listdir(target)))}) were moved to {target}")
+        with atomic_target(os.path.join(self.output_folder, "pretrain_log.txt")) as tmp:
+            with open(tmp, "w") as f:
+                f.writelines(line + "\n" for line in pending)
+        self.log(f"this fresh run's first checkpoint {saved} replaced the earlier run's files in the folder")
 
     def write_config(self) -> None:
         atomic_write_json(self.resolved_config(), os.path.join(self.output_folder, "config.json"))
@@ -384,9 +375,7 @@ class Pretrainer:
 
     def run(self) -> str:
         """Train under the folder's lock; Ctrl-C / SIGTERM end with one line saying how to resume."""
-        os.makedirs(self.output_folder, exist_ok=True)
-        lock = FolderLock(self.output_folder, f"nnunet_cl pretrain -m {self.config.method}",
-                          fix="wait for it to finish (or stop it)") if self.rank == 0 else None
+        lock = FolderLock(self.output_folder, f"nnunet_cl pretrain -m {self.config.method}") if self.rank == 0 else None
         if lock is not None:
             lock.acquire()
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -410,13 +399,9 @@ class Pretrainer:
             self.remove_stale_temp_files()
         resumed = self.maybe_resume()
         if not resumed and self.rank == 0:
-            # A fresh run (no --c) replaces an earlier one, as nnUNetv2_train does -- but the earlier run's
-            # checkpoints stay until this run has one of its own (then they move to replaced_runs/).
-            self.earlier_run = self.files_of_earlier_run()
-            if not self.earlier_run:
-                for leftover in ("pretrain_log.txt", "progress.png"):   # of a run that saved no checkpoint
-                    if os.path.isfile(os.path.join(self.output_folder, leftover)):
-                        os.remove(os.path.join(self.output_folder, leftover))
+            # A fresh run (no --c) starts over, as nnUNetv2_train does; an earlier run's files stay untouched
+            # until this run's first checkpoint replaces them (save -> replace_earlier_run).
+            self.earlier_run = [n for n in RUN_FILES if os.path.isfile(os.path.join(self.output_folder, n))]
         if self.rank == 0 and not self.earlier_run:
             self.write_config()
         self.log(f"pre-training {self.config.method} on {self.context.dataset_name} ({self.slices.num_slices} slices "

@@ -49,27 +49,40 @@ class nnUNetTrainerCL(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # Checked before nnU-Net's __init__ creates the fold folder and its log file.
+        settings = self.read_settings(plans, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        check_label_fraction(self.label_fraction)
-        check_fold_exists(self.preprocessed_dataset_folder_base, fold)
+        self.settings = settings
         for variable, attribute in BUDGET_VARIABLES.items():
-            value = positive_int_env(variable)
-            if value is not None:
-                setattr(self, attribute, value)
-        self.validation_mirroring = os.environ.get("nnUNet_cl_val_mirroring", "1")
-        if self.validation_mirroring not in ("0", "1"):
-            raise NnunetClError(f"nnUNet_cl_val_mirroring={self.validation_mirroring!r} must be 0 (no mirroring in the "
-                                f"final validation) or 1 (nnU-Net's default)")
-        self.plot_every = positive_int_env("nnUNet_cl_plot_every") or 1
-        threads = positive_int_env("nnUNet_cl_num_threads")
-        if threads is not None:
-            torch.set_num_threads(threads)
+            if settings[variable] is not None:
+                setattr(self, attribute, settings[variable])
+        self.validation_mirroring = settings["nnUNet_cl_val_mirroring"]
+        self.plot_every = settings["nnUNet_cl_plot_every"] or 1
+        if settings["nnUNet_cl_num_threads"] is not None:
+            torch.set_num_threads(settings["nnUNet_cl_num_threads"])
+
+    @classmethod
+    def read_settings(cls, plans: dict, fold) -> dict:
+        """The class's label fraction, the fold and every ``nnUNet_cl_*`` variable the trainer reads, each
+        parsed and checked here (the one place for them): ``{variable: value or None when unset}``.
+        Subclasses add their variables through ``super()``."""
+        from nnunetv2.paths import nnUNet_preprocessed
+        check_label_fraction(cls.label_fraction)
+        if nnUNet_preprocessed:
+            check_fold_exists(os.path.join(nnUNet_preprocessed, plans["dataset_name"]), fold)
+        settings = {variable: positive_int_env(variable) for variable in
+                    (*BUDGET_VARIABLES, "nnUNet_cl_batch_size", "nnUNet_cl_num_threads", "nnUNet_cl_plot_every")}
+        mirroring = os.environ.get("nnUNet_cl_val_mirroring", "1")
+        if mirroring not in ("0", "1"):
+            raise NnunetClError(f"nnUNet_cl_val_mirroring={mirroring!r} must be 0 (no mirroring in the final "
+                                f"validation) or 1 (nnU-Net's default)")
+        settings["nnUNet_cl_val_mirroring"] = mirroring
+        return settings
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
-        batch_size = positive_int_env("nnUNet_cl_batch_size")
-        if batch_size is not None:
-            self.batch_size = batch_size
+        if self.settings["nnUNet_cl_batch_size"] is not None:
+            self.batch_size = self.settings["nnUNet_cl_batch_size"]
 
     def all_training_cases(self) -> list:
         """The fold's training cases before the label fraction is applied."""

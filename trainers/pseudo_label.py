@@ -90,17 +90,14 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_fraction >= 1.0:
-            raise NnunetClError(f"{type(self).__name__} needs unlabelled cases: use a _10pct or _25pct variant")
-        if self.contrast_mode not in MODES:
-            raise NnunetClError(f"contrast_mode {self.contrast_mode!r} of {type(self).__name__} is not one of {MODES}")
         total = self.num_epochs * self.num_iterations_per_epoch
-        phase1 = int_env(PHASE1_ENV, minimum=0)
+        phase1 = self.settings[PHASE1_ENV]
         self.phase1_iterations = phase1 if phase1 is not None else int(round(self.phase1_fraction * total))
         if self.phase1_iterations >= total:
+            # needs nnU-Net's budget, known only after its __init__ (which has created the fold folder)
             raise NnunetClError(f"phase 1 ({self.phase1_iterations} iterations, {PHASE1_ENV}) leaves no joint "
                                 f"training within the {total} iterations of this run; lower it")
-        every = positive_int_env(EVERY_ENV)
+        every = self.settings[EVERY_ENV]
         joint = total - self.phase1_iterations
         self.pseudo_label_every = every or max(1, math.ceil(joint / self.pseudo_label_rounds))
         self.global_iteration = 0
@@ -111,6 +108,15 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
         self.feature_tap = None
         self.unlabeled_cases = None
         self.store = None
+
+    @classmethod
+    def read_settings(cls, plans: dict, fold) -> dict:
+        if cls.label_fraction >= 1.0:
+            raise NnunetClError(f"{cls.__name__} needs unlabelled cases: use a _10pct or _25pct variant")
+        if cls.contrast_mode not in MODES:
+            raise NnunetClError(f"contrast_mode {cls.contrast_mode!r} of {cls.__name__} is not one of {MODES}")
+        return dict(super().read_settings(plans, fold), **{PHASE1_ENV: int_env(PHASE1_ENV, minimum=0),
+                                                            EVERY_ENV: positive_int_env(EVERY_ENV)})
 
     # ---------------------------------------------------------------- set-up
     def initialize(self):

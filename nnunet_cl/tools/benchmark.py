@@ -377,7 +377,6 @@ class Benchmark:
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
-        os.makedirs(self.output, exist_ok=True)
         with FolderLock(self.output, "nnunet_cl benchmark"):
             self.run_locked(runs, missing)
 
