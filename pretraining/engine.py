@@ -114,6 +114,7 @@ class Pretrainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if config.device == "cuda"
                                    and self.world_size > 1 else config.device)
         self.options = method_cls.resolve_options(config.options)
+        method_cls.check_schedule(self.options, config.epochs, config.iters_per_epoch)
         self.precision = self.step_precision()
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.precision.uses_grad_scaler else None
         self.lr = config.lr if config.lr is not None else method_cls.default_lr
@@ -131,8 +132,6 @@ class Pretrainer:
         self.optimizer = torch.optim.SGD(parameters, lr=self.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.total_iterations = config.epochs * config.iters_per_epoch
-        # Multi-stage methods check their schedule against --epochs now (e.g. semi_local needs two stages).
-        self.learning_rate(self.total_iterations - 1)
         self.epoch = 0
         self.iteration = 0
         self.history: dict = {"epoch": [], "lr": []}

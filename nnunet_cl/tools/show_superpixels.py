@@ -101,7 +101,6 @@ def add_show_superpixels_parser(subparsers) -> None:
 
 def run_show_superpixels(args) -> None:
     from nnunet_cl.errors import NnunetClError
-
     from nnunet_cl.validation import positive_int, writable_file_path
 
     if not args.output.lower().endswith(".png"):

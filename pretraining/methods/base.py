@@ -89,6 +89,11 @@ class PretrainingMethod(nn.Module):
         positive_finite_float(options["temperature"], f"{cls.name} option temperature")
 
     @classmethod
+    def check_schedule(cls, options: dict, epochs: int, iters_per_epoch: int) -> None:
+        """Refuse a budget the method cannot run (e.g. a two-stage method in one epoch); called by the engine
+        before any file is written."""
+
+    @classmethod
     def is_label_aware(cls) -> bool:
         """Pre-trained on the labelled subset of one fold: its options include ``fraction`` and ``fold``
         (``nnunet_cl pretrain --fraction/--fold``), so it has one checkpoint per fraction and fold."""

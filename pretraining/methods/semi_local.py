@@ -65,6 +65,16 @@ from nnunet_cl.validation import finite_float, int_at_least, one_of, positive_fi
 GLOBAL_METHODS = ("simclr", "pcl")
 
 
+def stage1_epochs(options: dict, epochs: int) -> int:
+    """Epochs of the global stage; the local stage gets the rest."""
+    if options["stage1_fraction"] == 0:
+        return 0
+    if epochs < 2:
+        raise NnunetClError("semi_local runs a global and a local stage: use --epochs >= 2, or "
+                            "-o stage1_fraction=0 for the local stage alone")
+    return max(1, min(epochs - 1, round(options["stage1_fraction"] * epochs)))
+
+
 @register
 class SemiLocal(PretrainingMethod):
     name = "semi_local"
@@ -137,13 +147,12 @@ class SemiLocal(PretrainingMethod):
                                      self.options["fold"])
 
     # ---------------------------------------------------------------- schedule (engine hooks)
+    @classmethod
+    def check_schedule(cls, options: dict, epochs: int, iters_per_epoch: int) -> None:
+        stage1_epochs(options, epochs)
+
     def stage1_epochs(self, epochs: int) -> int:
-        if self.options["stage1_fraction"] == 0:
-            return 0
-        if epochs < 2:
-            raise NnunetClError("semi_local runs a global and a local stage: use --epochs >= 2, or "
-                                "-o stage1_fraction=0 for the local stage alone")
-        return max(1, min(epochs - 1, round(self.options["stage1_fraction"] * epochs)))
+        return stage1_epochs(self.options, epochs)
 
     def begin_iteration(self, iteration: int, epochs: int, iters_per_epoch: int) -> None:
         self.stage = 1 if iteration < self.stage1_epochs(epochs) * iters_per_epoch else 2
