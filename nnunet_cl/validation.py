@@ -1,7 +1,8 @@
-"""Value checks shared by the CLI, the trainers' environment variables, the method options and the benchmark.
+"""Value checks shared by the CLI, the trainers' environment variables, the method options and the benchmark
+(folds: ``splits.check_fold_exists``).
 
 Every user-given number goes through one of these functions before any file or folder is touched, so a
-rule ("an integer >= 1", "finite and > 0", "a fold of the split") and its message live in one place.
+rule ("an integer >= 1", "finite and > 0") and its message live in one place.
 Each failure is one ``NnunetClError`` line naming the flag / variable / option, the value and the fix.
 """
 
@@ -79,20 +80,6 @@ def int_env(variable: str, minimum: int = 1) -> Optional[int]:
 
 def positive_int_env(variable: str) -> Optional[int]:
     return int_env(variable, 1)
-
-
-def fold_in_split(fold, n_folds: int, name: str = "fold", where: str = "splits_final.json") -> object:
-    """``0``, ``"3"`` -> int within the split's folds; ``"all"`` -> ``"all"`` (as ``nnUNetv2_train``)."""
-    if str(fold) == "all":
-        return "all"
-    try:
-        number = int(str(fold))
-    except ValueError:
-        number = -1
-    if number < 0 or number >= n_folds:
-        raise NnunetClError(f"{_say(name, fold)} is not a fold of the split: {where} has {n_folds} folds "
-                            f"(0-{n_folds - 1}); use one of them or 'all'")
-    return number
 
 
 def loss_weights(options: dict, keys, owner: str) -> None:

@@ -40,7 +40,7 @@ import torch
 from nnunet_cl.atomic import atomic_target, atomic_write_json
 from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
-from nnunet_cl.errors import NnunetClError
+from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
 from nnunet_cl.folder_lock import FolderLock
 from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
 from nnunet_cl.precision import Precision, resolve_precision
@@ -52,10 +52,6 @@ from nnunet_cl.validation import check_pretrain_budget, int_at_least, positive_f
 CHECKPOINT_NAMES = ("checkpoint_latest.pth", "checkpoint_previous.pth", "checkpoint_final.pth")
 # The files of one run; a fresh run replaces an earlier run's once it has saved its first checkpoint.
 RUN_FILES = CHECKPOINT_NAMES + ("config.json", "pretrain_log.txt", "progress.png")
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt so the run ends through the same path as Ctrl-C."""
 
 
 @dataclass
@@ -377,7 +373,7 @@ class Pretrainer:
         lock = FolderLock(self.output_folder, f"nnunet_cl pretrain -m {self.config.method}") if self.rank == 0 else None
         if lock is not None:
             lock.acquire()
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return self.train()
         except (KeyboardInterrupt, Terminated) as interruption:
@@ -443,7 +439,3 @@ class Pretrainer:
         final = os.path.join(self.output_folder, "checkpoint_final.pth")
         self.log(f"done: {final}")
         return final
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.console_scripts import console_script
-from nnunet_cl.errors import NnunetClError
+from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
 from nnunet_cl.folder_lock import FolderLock
 from nnunet_cl.splits import check_fold_exists, parse_fold
 from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout,
@@ -377,8 +377,15 @@ class Benchmark:
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
-        with FolderLock(self.output, "nnunet_cl benchmark"):
-            self.run_locked(runs, missing)
+        try:
+            with FolderLock(self.output, "nnunet_cl benchmark"):
+                self.run_locked(runs, missing)
+        except (KeyboardInterrupt, Terminated) as interruption:
+            name = "SIGTERM" if isinstance(interruption, Terminated) else "SIGINT"
+            print(f"nnunet_cl: interrupted ({name}); every finished step is kept in {self.output} (an interrupted "
+                  f"pre-training or training resumes from its last checkpoint); continue with the same command: "
+                  f"nnunet_cl {' '.join(shlex.quote(a) for a in sys.argv[1:])}", file=sys.stderr, flush=True)
+            raise SystemExit(143 if name == "SIGTERM" else 130) from None
 
     def run_locked(self, runs: list, missing: list) -> None:
         self.pin_budget()
@@ -390,7 +397,7 @@ class Benchmark:
         steps = self.steps(runs)
         print(f"{self.dataset_name}: {len(runs)} fine-tuning runs, {sum(s[0] == 'pretrain' for s in steps)} "
               f"pre-trainings; {self.budget.describe()}\noutput: {self.output}", flush=True)
-        previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             for index, (kind, item) in enumerate(steps, 1):
                 self.do_step(index, steps, kind, item)
@@ -467,10 +474,6 @@ class Benchmark:
                 state = "done" if pretrain_done(self.layout, run.pretrain) else "pending"
                 print(f"  pretrain {run.pretrain.label:<34} {state}")
             print(f"  finetune {run.label:<34} {run_state(self.layout, run, self.with_test):<9} {run.trainer}")
-
-
-def _sigterm_to_exit(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
