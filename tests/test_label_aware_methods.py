@@ -75,7 +75,8 @@ def test_missing_splits_are_created_as_nnunet_does(tmp_path, synthetic_context):
     assert train == written[2]["train"]
     # a fold beyond the file: nnU-Net's seeded 80:20 split, the same as stock nnU-Net's trainer; ours refuse it
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    stock = nnUNetTrainer(dict(copy.deepcopy(context.plans)), "2d", 7, context.dataset_json, torch.device("cpu"))
+    stock = nnUNetTrainer(dict(copy.deepcopy(context.plans), continue_training=False), "2d", 7, context.dataset_json,
+                          torch.device("cpu"))
     assert sorted(fold_training_cases(context.preprocessed_folder, context.data_folder, 7)) == \
         sorted(stock.do_split()[0])
     with pytest.raises(NnunetClError, match="fold 7 does not exist"):
