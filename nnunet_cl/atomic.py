@@ -3,7 +3,9 @@
 A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a truncated one --
 and possibly a temp file ``.<name>.<random>.tmp`` beside it, which ``remove_stale_temps`` deletes when
 the writer starts again. Every atomic write of the package goes through ``atomic_target``, so this is
-the only temp naming.
+the only temp naming. The file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus the
+umask), as nnU-Net's own files: ``mkstemp`` alone would make it 0600, unreadable for a lab group sharing
+``nnUNet_results``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def atomic_target(path: str):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield tmp
@@ -43,6 +46,20 @@ def remove_stale_temps(folder: str) -> list:
         os.remove(stale)
         removed.append(os.path.basename(stale))
     return removed
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: /proc), else via a set-and-restore."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj, path: str) -> None:

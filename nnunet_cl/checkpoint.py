@@ -48,6 +48,12 @@ def load_checkpoint(path: str, pretrain_hint: str = "") -> dict:
     return checkpoint
 
 
+def non_finite_tensors(state_dict: dict) -> list:
+    """Keys of floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def select_prefixed(state_dict: dict, prefixes: Iterable[str]) -> dict:
     prefixes = tuple(prefixes)
     return {k: v for k, v in state_dict.items() if k.startswith(prefixes)}
@@ -77,5 +83,9 @@ def load_pretrained_part(network, checkpoint: dict, path: str = "checkpoint",
             "fine-tuning run, or copy the plans with nnUNetv2_move_plans_between_datasets")
     if not pretrained:
         raise NnunetClError(f"{path} holds no weights under the prefixes {prefixes}")
+    broken = non_finite_tensors(pretrained)
+    if broken:
+        raise NnunetClError(f"{path} holds NaN/inf weights in {len(broken)} of its {len(pretrained)} pre-trained "
+                            f"tensors (e.g. {broken[0]}): it cannot initialise training; pre-train again (lower --lr)")
     network.load_state_dict(pretrained, strict=False)
     return sorted(pretrained)

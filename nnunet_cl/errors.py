@@ -15,3 +15,12 @@ class NnunetClError(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt (``raise_terminated`` as the handler) so a run ends through the
+    same path as Ctrl-C: one line saying what is kept and how to continue."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()

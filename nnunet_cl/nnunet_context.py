@@ -6,6 +6,7 @@ so pre-trained weights transfer to the fine-tuning trainer key by key.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -39,11 +40,28 @@ def resolve_dataset_name(dataset: str) -> str:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     try:
-        return maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
+        name = maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
     except (RuntimeError, ValueError, AssertionError):
-        raise NnunetClError(
-            f"unknown dataset {dataset!r}: no DatasetXXX_* folder for it in nnUNet_raw, nnUNet_preprocessed or "
-            "nnUNet_results; convert it first (nnUNetv2_convert_MSD_dataset / nnUNetv2_plan_and_preprocess)")
+        name = None
+    known = known_dataset_names()
+    if name is not None and name in known:
+        return name
+    close = difflib.get_close_matches(str(dataset), known, n=3, cutoff=0.5)
+    raise NnunetClError(
+        f"unknown dataset {dataset!r}: no such DatasetXXX_* folder in nnUNet_raw, nnUNet_preprocessed or "
+        "nnUNet_results; " + (f"did you mean {' or '.join(close)}?" if close else
+                              "convert it first (nnUNetv2_convert_MSD_dataset / nnUNetv2_plan_and_preprocess)"))
+
+
+def known_dataset_names() -> list:
+    """DatasetXXX_* folders in nnUNet_raw, nnUNet_preprocessed and nnUNet_results (as nnU-Net searches them)."""
+    names = set()
+    for variable in NNUNET_ENV_VARS:
+        folder = os.environ.get(variable)
+        if folder and os.path.isdir(folder):
+            names.update(n for n in os.listdir(folder) if n.startswith("Dataset") and
+                         os.path.isdir(os.path.join(folder, n)))
+    return sorted(names)
 
 
 def architecture_fingerprint(network) -> str:

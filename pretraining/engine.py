@@ -3,6 +3,12 @@
 Output folder ``$nnUNet_results/<Dataset>/nnunet_cl/<method>__<plans>__2d/``:
 ``checkpoint_latest.pth`` (every ``save_every`` epochs), ``checkpoint_final.pth``, ``pretrain_log.txt``,
 ``progress.png`` (loss curves) and ``config.json`` (the resolved configuration).
+
+Guarantees (README, Errors): every value is checked in ``Pretrainer.__init__``, before the folder is
+touched; one run per folder (``FolderLock``); a fresh run (no ``--c``) starts over, as ``nnUNetv2_train``
+does, but leaves an earlier run's files untouched until its own first checkpoint has replaced them
+(atomically); a checkpoint with NaN/inf weights is never written; SIGINT / SIGTERM end with one line
+naming the checkpoint that holds the last state and the exact ``--c`` command (exit 130 / 143).
 Optimiser: SGD (momentum 0.9, weight decay 1e-5) with a cosine schedule per iteration, as PCL,
 SuperCL and JCL's public code.
 
@@ -19,6 +25,9 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -29,13 +38,19 @@ import torch
 
 from nnunet_cl.atomic import atomic_target, atomic_write_json, remove_stale_temps
 from nnunet_cl import distributed
-from nnunet_cl.checkpoint import load_checkpoint, save_checkpoint
-from nnunet_cl.errors import NnunetClError
+from nnunet_cl.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
+from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
+from nnunet_cl.folder_lock import FolderLock
 from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, architecture_fingerprint, load_dataset_context
 from nnunet_cl.precision import Precision, resolve_precision
 from nnunet_cl.pretraining.loader import BatchLoader, loader_workers
 from nnunet_cl.pretraining.methods import METHODS, get_method
 from nnunet_cl.pretraining.slices import PreprocessedSlices
+from nnunet_cl.validation import check_pretrain_budget, int_at_least, positive_finite_float, positive_int
+
+CHECKPOINT_NAMES = ("checkpoint_latest.pth", "checkpoint_previous.pth", "checkpoint_final.pth")
+# The files of one run; a fresh run replaces an earlier run's once it has saved its first checkpoint.
+RUN_FILES = CHECKPOINT_NAMES + ("config.json", "pretrain_log.txt", "progress.png")
 
 
 @dataclass
@@ -58,15 +73,22 @@ class PretrainConfig:
     precision: str = "auto"             # nnunet_cl.precision.PRECISIONS
 
 
+def check_config(config: PretrainConfig) -> None:
+    """Every flag of ``nnunet_cl pretrain`` (the method options: ``check_options``), before anything is written."""
+    check_pretrain_budget(config.epochs, config.iters_per_epoch, config.batch_size)
+    if config.lr is not None:
+        positive_finite_float(config.lr, "--lr")
+    positive_int(config.save_every, "--save-every", "epochs between checkpoint_latest.pth")
+    int_at_least(config.seed, 0, "--seed", maximum=2 ** 32 - 1)
+
+
 def cosine_lr(base_lr: float, iteration: int, total_iterations: int) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * iteration / max(1, total_iterations)))
 
 
 class Pretrainer:
     def __init__(self, config: PretrainConfig):
-        if config.epochs < 1 or config.iters_per_epoch < 1 or config.batch_size < 2:
-            raise NnunetClError("--epochs and --iters-per-epoch must be >= 1 and --batch-size >= 2 "
-                                "(a contrastive batch needs negatives)")
+        check_config(config)
         self.config = config
         # nnUNet_n_proc_DA first: nnU-Net's own modules fail on import with a traceback when it is not a number
         self.loader_workers = loader_workers()
@@ -87,6 +109,7 @@ class Pretrainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if config.device == "cuda"
                                    and self.world_size > 1 else config.device)
         self.options = method_cls.resolve_options(config.options)
+        method_cls.check_schedule(self.options, config.epochs, config.iters_per_epoch)
         self.precision = self.step_precision()
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.precision.uses_grad_scaler else None
         self.lr = config.lr if config.lr is not None else method_cls.default_lr
@@ -107,6 +130,9 @@ class Pretrainer:
         self.epoch = 0
         self.iteration = 0
         self.history: dict = {"epoch": [], "lr": []}
+        self.saved = None            # (path, epoch) of the newest checkpoint this run wrote or resumed from
+        self.earlier_run: list = []  # files of an earlier run, kept until this (fresh) run saves its first checkpoint
+        self.pending_log: list = []  # this run's log lines while pretrain_log.txt is still the earlier run's
 
     def step_precision(self) -> Precision:
         """Autocast and gradient scaling of the training step (``--precision``; auto: float16 + GradScaler on
@@ -136,8 +162,11 @@ class Pretrainer:
         if self.rank != 0:
             return
         line = f"{datetime.now():%Y-%m-%d %H:%M:%S}: {message}"
-        with open(os.path.join(self.output_folder, "pretrain_log.txt"), "a") as f:
-            f.write(line + "\n")
+        if self.earlier_run:
+            self.pending_log.append(line)    # pretrain_log.txt still belongs to the earlier run
+        else:
+            with open(os.path.join(self.output_folder, "pretrain_log.txt"), "a") as f:
+                f.write(line + "\n")
         if also_print:
             print(line, flush=True)
 
@@ -168,6 +197,8 @@ class Pretrainer:
                     pretrained_prefixes=list(self.method.pretrained_prefixes))
 
     def plot_progress(self) -> None:
+        if self.earlier_run:
+            return                          # progress.png still belongs to the earlier run
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -208,7 +239,9 @@ class Pretrainer:
             self.log("--c given but no checkpoint found: starting from scratch")
             return False
         if checkpoint["method"] != self.config.method:
-            raise NnunetClError(f"{path} belongs to method {checkpoint['method']!r}, not {self.config.method!r}")
+            raise NnunetClError(f"{path} belongs to method {checkpoint['method']!r}, not {self.config.method!r}; "
+                                f"resume it with -m {checkpoint['method']}, or start {self.config.method} over "
+                                "without --c (its files stay until the new run's first checkpoint replaces them)")
         if checkpoint["architecture_fingerprint"] != architecture_fingerprint(self.network):
             raise NnunetClError(f"{path} was made for another architecture; start without --c")
         self.network.load_state_dict(checkpoint["network_weights"])
@@ -223,6 +256,7 @@ class Pretrainer:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self.epoch, self.iteration = checkpoint["current_epoch"], checkpoint["iteration"]
         self.history = checkpoint["logging"]
+        self.saved = (path, self.epoch)
         rng_state = checkpoint.get("rng_state")
         if self.world_size > 1 or checkpoint.get("world_size", 1) > 1:
             # RNG states are rank 0's; give every rank a fresh, distinct stream instead.
@@ -233,6 +267,31 @@ class Pretrainer:
             torch.set_rng_state(rng_state["torch"])
         self.log(f"resumed from {path} at epoch {self.epoch}, iteration {self.iteration}")
         return True
+
+    def command(self, resume: bool) -> str:
+        """The ``nnunet_cl pretrain`` command of this run (with ``--c``: the one that resumes it)."""
+        c = self.config
+        args = ["nnunet_cl", "pretrain", "-d", self.context.dataset_name, "-m", c.method, "-p", c.plans,
+                "--epochs", c.epochs, "--iters-per-epoch", c.iters_per_epoch, "--batch-size", c.batch_size,
+                "--seed", c.seed, "--save-every", c.save_every, "-device", c.device]
+        if c.lr is not None:
+            args += ["--lr", repr(c.lr)]
+        for key, value in c.options.items():
+            args += [f"--{key}", value] if key in ("fraction", "fold") else ["-o", f"{key}={value}"]
+        if resume:
+            args.append("--c")
+        prefix = "torchrun ... " if self.world_size > 1 else ""
+        return prefix + " ".join(shlex.quote(str(a)) for a in args)
+
+    def checkpoint_state(self) -> str:
+        """Where the last good state is and the exact command that continues from it."""
+        if self.saved is not None:
+            path, epoch = self.saved
+            return (f"{path} holds epoch {epoch}/{self.config.epochs}; resume with: {self.command(resume=True)}")
+        if self.earlier_run:
+            return (f"this run saved no checkpoint yet; the earlier run's files in {self.output_folder} are "
+                    f"untouched; start again with: {self.command(resume=False)}")
+        return f"no checkpoint was saved yet; start again with: {self.command(resume=False)}"
 
     # ---------------------------------------------------------------- training
     def learning_rate(self, iteration: int) -> float:
@@ -247,9 +306,8 @@ class Pretrainer:
         with self.precision.autocast(self.device):
             loss, terms = self.method.compute_loss(self.network, batch)
         if not torch.isfinite(loss):
-            raise NnunetClError(
-                f"loss became {float(loss)} at epoch {self.epoch}, iteration {self.iteration}; stopped. The last good "
-                f"checkpoint is kept in {self.output_folder}; lower --lr and resume with --c")
+            raise NnunetClError(f"loss became {float(loss.detach())} at epoch {self.epoch}, iteration {self.iteration}; stopped "
+                                f"(lower --lr). {self.checkpoint_state()}")
         parameters = list(self.network.parameters()) + list(self.method.parameters())
         # backward outside autocast, as nnU-Net; with float16 the loss is scaled and the gradients unscaled
         # before clipping (a step with inf/nan gradients is skipped and the scale lowered)
@@ -272,27 +330,69 @@ class Pretrainer:
     def save(self, name: str) -> None:
         if self.rank != 0:
             return
+        broken = non_finite_tensors({**self.network.state_dict(), **{f"heads.{k}": v for k, v in
+                                                                     self.method.state_dict().items()}})
+        if broken:   # never replace a good checkpoint by a broken one
+            raise NnunetClError(f"the weights became NaN/inf ({len(broken)} tensors, e.g. {broken[0]}) by epoch "
+                                f"{self.epoch}; stopped (lower --lr). {self.checkpoint_state()}")
         path = os.path.join(self.output_folder, name)
-        if name == "checkpoint_latest.pth" and os.path.isfile(path):
+        if name == "checkpoint_latest.pth" and os.path.isfile(path) and not self.earlier_run:
             # Keep the last good one: --c falls back to it if the new latest turns out corrupt.
             os.replace(path, os.path.join(self.output_folder, "checkpoint_previous.pth"))
-        save_checkpoint(self.checkpoint_dict(), path)
+        save_checkpoint(self.checkpoint_dict(), path)   # atomic: an earlier run's file of that name until now
+        self.saved = (path, self.epoch)
+        if self.earlier_run:
+            self.replace_earlier_run(name)
+
+    def replace_earlier_run(self, saved: str) -> None:
+        """This fresh run has its first checkpoint (``saved``): the earlier run's other files go, so the
+        folder holds one run only (its config, log and curves start now)."""
+        replaced = [n for n in self.earlier_run if n != saved]
+        for name in replaced:
+            if name in CHECKPOINT_NAMES or name == "progress.png":
+                os.remove(os.path.join(self.output_folder, name))
+        self.earlier_run = []
+        self.write_config()
+        pending, self.pending_log = self.pending_log, []
+        with atomic_target(os.path.join(self.output_folder, "pretrain_log.txt")) as tmp:
+            with open(tmp, "w") as f:
+                f.writelines(line + "\n" for line in pending)
+        self.log(f"this fresh run's first checkpoint {saved} replaced the earlier run's files in the folder")
+
+    def write_config(self) -> None:
+        atomic_write_json(self.resolved_config(), os.path.join(self.output_folder, "config.json"))
 
     def run(self) -> str:
+        """Train under the folder's lock; Ctrl-C / SIGTERM end with one line saying how to resume."""
+        lock = FolderLock(self.output_folder, f"nnunet_cl pretrain -m {self.config.method}") if self.rank == 0 else None
+        if lock is not None:
+            lock.acquire()
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
+        try:
+            return self.train()
+        except (KeyboardInterrupt, Terminated) as interruption:
+            signum = signal.SIGTERM if isinstance(interruption, Terminated) else signal.SIGINT
+            if self.rank == 0:
+                print(f"nnunet_cl: interrupted ({signal.Signals(signum).name}) at epoch {self.epoch}, iteration "
+                      f"{self.iteration}: {self.checkpoint_state()}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            if lock is not None:
+                lock.release()
+
+    def train(self) -> str:
         from tqdm import tqdm
 
-        os.makedirs(self.output_folder, exist_ok=True)
         if self.rank == 0:
             remove_stale_temps(self.output_folder)
         resumed = self.maybe_resume()
         if not resumed and self.rank == 0:
-            # A fresh run (no --c) replaces an earlier one, as nnUNetv2_train does.
-            for stale in ("pretrain_log.txt", "checkpoint_latest.pth", "checkpoint_previous.pth",
-                          PRETRAINED_CHECKPOINT):
-                if os.path.isfile(os.path.join(self.output_folder, stale)):
-                    os.remove(os.path.join(self.output_folder, stale))
-        if self.rank == 0:
-            atomic_write_json(self.resolved_config(), os.path.join(self.output_folder, "config.json"))
+            # A fresh run (no --c) starts over, as nnUNetv2_train does; an earlier run's files stay untouched
+            # until this run's first checkpoint replaces them (save -> replace_earlier_run).
+            self.earlier_run = [n for n in RUN_FILES if os.path.isfile(os.path.join(self.output_folder, n))]
+        if self.rank == 0 and not self.earlier_run:
+            self.write_config()
         self.log(f"pre-training {self.config.method} on {self.context.dataset_name} ({self.slices.num_slices} slices "
                  f"of {len(self.slices.case_ids)} cases), patch {self.context.patch_size}, batch "
                  f"{self.config.batch_size}, {self.config.epochs} epochs x {self.config.iters_per_epoch} iterations, "
@@ -323,11 +423,11 @@ class Pretrainer:
             self.epoch += 1
             self.log(f"epoch {self.epoch}/{self.config.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
                      + f" lr {lr:.5f} time {time.time() - start:.1f}s")
-            if self.rank == 0:
-                self.plot_progress()
             if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
                 # latest is also written at the end, so --c with more --epochs continues from the newest state
                 self.save("checkpoint_latest.pth")
+            if self.rank == 0:
+                self.plot_progress()
         batches.close()
         self.save(PRETRAINED_CHECKPOINT)
         final = os.path.join(self.output_folder, PRETRAINED_CHECKPOINT)

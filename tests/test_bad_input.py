@@ -1,6 +1,10 @@
 """The bad-input matrix: one table, each case one clear line on stderr, exit code 1, no traceback, nothing
-half-written. (A NaN loss is covered in test_interruption.py, constant slices in the SuperCL tests.)"""
+half-written, and every file an earlier run left in nnUNet_results byte-identical afterwards (the commands
+run against an nnUNet_results that holds a finished pre-training in every folder they target). A NaN loss
+is covered in test_interruption.py, constant slices in the SuperCL tests, the benchmark's flags in
+test_benchmark.py."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +18,25 @@ from nnunet_cl.nnunet_context import architecture_fingerprint
 pytestmark = pytest.mark.integration
 
 PRETRAIN = ["nnunet_cl", "pretrain", "--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2", "-device", "cpu"]
+PCL = PRETRAIN + ["-d", "990", "-m", "pcl"]
+# Folders of the methods the matrix pre-trains into; each holds an earlier run before the matrix starts.
+PRIOR_FOLDERS = ("pcl", "simclr", "gcl", "wcl", "jcl", "supercl", "semi_local_frac10_fold0")
+
+
+def method_folder(results, name):
+    return os.path.join(results, "Dataset990_Synth", "nnunet_cl", f"{name}__nnUNetPlans__2d")
+
+
+@pytest.fixture(scope="module")
+def prior_results(synthetic_env, tmp_path_factory):
+    """An nnUNet_results of the matrix's own: a finished tiny pcl pre-training, copied into every folder a
+    pre-training command of the matrix would write (gcl's thereby holds a checkpoint of another method)."""
+    results = str(tmp_path_factory.mktemp("prior_results"))
+    synthetic_env.run(["nnunet_cl", "pretrain", "-d", "990", "-m", "pcl", "--epochs", "1", "--iters-per-epoch", "2",
+                       "--batch-size", "4", "-device", "cpu"], nnUNet_results=results)
+    for name in PRIOR_FOLDERS[1:]:
+        shutil.copytree(method_folder(results, "pcl"), method_folder(results, name))
+    return results
 
 
 def init_training(trainer="nnUNetTrainerSimCLRInit_10pct", fold="3"):
@@ -135,15 +158,89 @@ CASES = [
      ("nnUNet_cl_weight_norm_reset='yes' must be 1",)),
     ("weight-norm reset of a layer without normalisation", weight_norm_reset_of_a_transposed_conv,
      ("cannot rescale decoder.transpconvs.0 (ConvTranspose2d)", "nnUNet_cl_pretrained_parts=encoder")),
+    # ---- nnunet_cl pretrain: flags
+    ("epochs 0", lambda e, t: (PCL + ["--epochs", "0"], {}), ("--epochs 0 must be an integer >= 1",)),
+    ("iterations 0", lambda e, t: (PCL + ["--iters-per-epoch", "0"], {}), ("--iters-per-epoch 0 must be",)),
+    ("batch size 1", lambda e, t: (PCL + ["--batch-size", "1"], {}), ("--batch-size 1 must be an integer >= 2",)),
+    ("epochs not a number", lambda e, t: (PCL + ["--epochs", "abc"], {}), ("--epochs", "invalid int value: 'abc'")),
+    ("lr nan", lambda e, t: (PCL + ["--lr", "nan"], {}), ("--lr nan must be finite and > 0",)),
+    ("lr inf", lambda e, t: (PCL + ["--lr", "inf"], {}), ("--lr inf must be finite and > 0",)),
+    ("lr negative", lambda e, t: (PCL + ["--lr", "-1"], {}), ("--lr -1.0 must be finite and > 0",)),
+    ("save-every 0", lambda e, t: (PCL + ["--save-every", "0"], {}), ("--save-every 0 must be an integer >= 1",)),
+    ("seed negative", lambda e, t: (PCL + ["--seed", "-1"], {}), ("--seed -1 must be an integer in [0, ",)),
+    ("dataset name typo", lambda e, t: (PRETRAIN + ["-d", "Dataset990_Synt", "-m", "pcl"], {}),
+     ("unknown dataset 'Dataset990_Synt'", "did you mean Dataset990_Synth")),
+    # ---- method options (check_options)
+    ("temperature 0", lambda e, t: (PCL + ["-o", "temperature=0"], {}), ("pcl option temperature=0.0 must be finite and > 0",)),
+    ("temperature negative", lambda e, t: (PCL + ["-o", "temperature=-1"], {}), ("temperature=-1.0 must be",)),
+    ("temperature inf", lambda e, t: (PCL + ["-o", "temperature=inf"], {}), ("temperature=inf must be finite",)),
+    ("temperature nan", lambda e, t: (PCL + ["-o", "temperature=nan"], {}), ("temperature=nan must be finite",)),
+    ("temperature not a number", lambda e, t: (PCL + ["-o", "temperature=warm"], {}),
+     ("option temperature='warm' of method 'pcl' must be a float",)),
+    ("position threshold negative", lambda e, t: (PCL + ["-o", "position_threshold=-1"], {}),
+     ("pcl option position_threshold=-1.0 must be finite and in (0, 1]",)),
+    ("position threshold above 1", lambda e, t: (PCL + ["-o", "position_threshold=1.5"], {}),
+     ("position_threshold=1.5",)),
+    ("projection dim 0", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "simclr", "-o", "projection_dim=0"], {}),
+     ("simclr option projection_dim=0 must be an integer >= 1",)),
+    ("gcl partitions 0", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "gcl", "-o", "partitions=0"], {}),
+     ("gcl option partitions=0 must be an integer >= 1",)),
+    ("wcl graph weight negative", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "wcl", "-o", "graph_weight=-1"], {}),
+     ("wcl option graph_weight=-1.0 must be finite and >= 0",)),
+    ("jcl every loss weight 0", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "jcl", "-o", "lambda_global=0", "-o",
+                                                          "lambda_dense=0", "-o", "lambda_er=0"], {}),
+     ("are all 0: no loss term is left",)),
+    ("supercl compactness 0", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "supercl", "-o", "compactness=0"], {}),
+     ("supercl option compactness=0.0 must be finite and > 0",)),
+    ("supercl boolean not a boolean", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "supercl", "-o",
+                                                                "ccl_exclude_own_views=maybe"], {}),
+     ("ccl_exclude_own_views='maybe'", "true/false")),
+    ("semi_local in one epoch", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "semi_local", "--fraction", "0.1",
+                                                          "--fold", "0"], {}), ("use --epochs >= 2",)),
+    ("semi_local fold beyond the split", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "semi_local", "--fraction",
+                                                                   "0.1", "--fold", "7", "--epochs", "2"], {}),
+     ("fold 7 does not exist",)),
+    ("--c on a checkpoint of another method", lambda e, t: (PRETRAIN + ["-d", "990", "-m", "gcl", "--c"], {}),
+     ("belongs to method 'pcl', not 'gcl'", "resume it with -m pcl")),
+    # ---- other subcommands
+    ("superpixel PNG below a file", lambda e, t: (["nnunet_cl", "show-superpixels", "-d", "990", "-o",
+                                                   str(t / "a_file" / "x.png")], {}),
+     ("a_file is a file, not a folder",)),
+    ("superpixel processes 0", lambda e, t: (["nnunet_cl", "superpixels", "-d", "990", "-np", "0"], {}),
+     ("-np 0 must be an integer >= 1",)),
+    # ---- the trainers' nnUNet_cl_* variables and fold
+    ("epochs variable 0", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"), {"nnUNet_cl_num_epochs": "0"}),
+     ("nnUNet_cl_num_epochs='0' must be an integer >= 1",)),
+    ("batch size variable negative", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                                   {"nnUNet_cl_batch_size": "-2"}), ("nnUNet_cl_batch_size='-2'",)),
+    ("save-every variable 0", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                            {"nnUNet_cl_save_every": "0"}), ("nnUNet_cl_save_every='0'",)),
+    ("threads variable not a number", lambda e, t: (init_training("nnUNetTrainerScratch_10pct"),
+                                                    {"nnUNet_cl_num_threads": "1.5"}), ("nnUNet_cl_num_threads='1.5'",)),
+    ("pseudo-label interval 0", lambda e, t: (init_training("nnUNetTrainerPseudoLabelCL_10pct"),
+                                              {"nnUNet_cl_pseudo_label_every": "0"}),
+     ("nnUNet_cl_pseudo_label_every='0' must be an integer >= 1",)),
+    ("pseudo-label phase 1 negative", lambda e, t: (init_training("nnUNetTrainerPseudoLabelCL_10pct"),
+                                                    {"nnUNet_cl_pseudo_phase1_iterations": "-1"}),
+     ("nnUNet_cl_pseudo_phase1_iterations='-1' must be an integer >= 0",)),
+    ("trainer fold beyond the split", lambda e, t: (init_training("nnUNetTrainerScratch_10pct", fold="7"), {}),
+     ("fold 7 does not exist",)),
+    ("checkpoint with NaN weights", lambda e, t: (init_training(), {"nnUNet_cl_pretrained_checkpoint":
+                                                                    nan_checkpoint(e, t)}),
+     ("NaN/inf weights", "pre-train again")),
 ]
 
 
 @pytest.mark.parametrize("name, make, fragments", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_matrix(synthetic_env, tmp_path, name, make, fragments):
+def test_bad_input_matrix(synthetic_env, prior_results, tmp_path, name, make, fragments):
+    (tmp_path / "a_file").write_text("a regular file")
     args, extra = make(synthetic_env, tmp_path)
+    extra = dict({"nnUNet_results": prior_results}, **extra)
     if args[0] == "nnUNetv2_train":
         extra = dict(synthetic_env.ext_trainer(), **extra)
-    before = set(_all_files(synthetic_env.results))
+    results = extra["nnUNet_results"] or prior_results
+    before = _file_digests(results)
+    assert sum(path.endswith(".pth") for path in before) >= 2 * len(PRIOR_FOLDERS)
     proc = synthetic_env.run(args, check=False, **extra)
     assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -151,12 +248,28 @@ def test_bad_input_matrix(synthetic_env, tmp_path, name, make, fragments):
     assert last.startswith("nnunet_cl: error: "), last
     for fragment in fragments:
         assert fragment in last, (fragment, last)
-    # Nothing half-written: no checkpoint or temp file appeared.
-    new = set(_all_files(synthetic_env.results)) - before
+    # Every earlier file is byte-identical; nothing half-written (no checkpoint or temp file) appeared.
+    after = _file_digests(results)
+    changed = [path for path, digest in before.items() if after.get(path) != digest]
+    assert not changed, changed
+    new = set(after) - set(before)
     assert not [f for f in new if f.endswith((".pth", ".tmp"))], new
 
 
-def _all_files(root):
+def nan_checkpoint(env, tmp):
+    from nnunet_cl.nnunet_context import load_dataset_context
+    os.environ.update(nnUNet_raw=env.raw, nnUNet_preprocessed=env.preprocessed, nnUNet_results=env.results)
+    network = load_dataset_context("990").build_network()
+    with torch.no_grad():
+        next(p for n, p in network.named_parameters() if n.startswith("encoder.")).fill_(float("nan"))
+    return checkpoint_file(tmp, network)
+
+
+def _file_digests(root) -> dict:
+    digests = {}
     for folder, _, files in os.walk(root):
-        for f in files:
-            yield os.path.join(folder, f)
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digests[path] = hashlib.sha256(f.read()).hexdigest()
+    return digests

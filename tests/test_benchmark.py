@@ -117,8 +117,11 @@ def test_budget_overrides_and_pinning(tmp_path):
     budget = make_budget("cpu", finetune_epochs=3, device=None)
     assert budget.finetune_epochs == 3 and budget.pretrain_epochs == make_budget("cpu").pretrain_epochs
     assert make_budget("paper").finetune_env()["nnUNet_cl_num_epochs"] is None
-    with pytest.raises(NnunetClError, match="positive integer"):
+    # messages name the benchmark's own flags (--epochs is the fine-tuning epochs here)
+    with pytest.raises(NnunetClError, match="^--epochs 0 must be an integer >= 1$"):
         make_budget("cpu", finetune_epochs=0)
+    with pytest.raises(NnunetClError, match=r"^--pretrain-batch 1 must be an integer >= 2"):
+        make_budget("cpu", pretrain_batch_size=1)
     with pytest.raises(NnunetClError, match="unknown preset"):
         make_budget("fast")
     bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
@@ -277,6 +280,13 @@ BENCHMARK_BAD_INPUT = [
     ("fold that does not exist", lambda t: ["-f", "9"], ("fold 9 does not exist", "folds (0-")),
     ("unknown preset", lambda t: ["--preset", "gpu-fast"], ("unknown preset 'gpu-fast'", "cpu-plateau")),
     ("test labels without images", mismatched_test_folder, ("1 labels in", "have no test image", "c.nii.gz")),
+    ("test images not a folder", lambda t: ["--test-images", str(t / "nowhere"), "--test-labels", str(t)],
+     ("--test-images", "nowhere is not a folder")),
+    ("fine-tuning epochs 0", lambda t: ["--epochs", "0"], ("--epochs 0 must be an integer >= 1",)),
+    ("pre-training batch 1", lambda t: ["--pretrain-batch", "1"], ("--pretrain-batch 1 must be an integer >= 2",)),
+    ("processes 0", lambda t: ["-np", "0"], ("-np 0 must be an integer >= 1",)),
+    ("plans that do not exist", lambda t: ["-p", "nnUNetResEncPlans"], ("has no plans 'nnUNetResEncPlans'",)),
+    ("budget flag not a number", lambda t: ["--iters", "many"], ("--iters", "invalid int value: 'many'")),
 ]
 
 
@@ -291,7 +301,7 @@ def test_benchmark_bad_input_is_one_line_and_writes_nothing(synthetic_env, tmp_p
     assert len(lines) == 1 and lines[0].startswith("nnunet_cl: error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
-    assert not (out / "budget.json").exists() and not (out / "nnUNet_results").exists()
+    assert not out.exists()                                # no budget.json, nothing converted or trained
 
 
 def test_quick_preset_selects_one_method_and_scratch_at_10_percent_on_fold_0(synthetic_env):
@@ -333,3 +343,19 @@ def test_quick_preset_without_a_dataset_generates_one_and_prints_both_dice_score
     (checkpoint_line,) = [l for l in summary if "pre-trained checkpoint:" in l]
     assert os.path.isfile(checkpoint_line.split()[-1]) and "pcl__nnUNetPlans__2d" in checkpoint_line
     assert not [l for l in summary if "nnUNetTrainerScratch " in l]               # no 100 % upper bound
+
+
+@pytest.mark.integration
+def test_refused_benchmark_leaves_an_earlier_output_byte_identical(synthetic_env, tmp_path):
+    out = tmp_path / "bench"
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
+    bench.output, bench.dataset_name = str(out), "Dataset990_Synth"
+    bench.pin_budget()
+    (out / "nnUNet_results").mkdir()
+    (out / "nnUNet_results" / "checkpoint_final.pth").write_bytes(b"an earlier run's checkpoint")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for extra in (["-f", "9"], ["--epochs", "2"]):            # a bad fold; then a budget other than the pinned one
+        proc = synthetic_env.run(["nnunet_cl", "benchmark", "-d", SYNTH_ID, "--preset", "tiny", "-m", "scratch",
+                                  "--fractions", "0.1", "-o", str(out), *extra], check=False, training=False)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -83,7 +83,7 @@ def test_gcl_compute_loss_matches_naive_reference():
 
 def test_gcl_rejects_zero_partitions():
     from nnunet_cl.errors import NnunetClError
-    with pytest.raises(NnunetClError, match="partitions=0 must be >= 1"):
+    with pytest.raises(NnunetClError, match="gcl option partitions=0 must be an integer >= 1"):
         GCL(unet(), SimpleNamespace(patch_size=(32, 32)), {"partitions": 0})
 
 

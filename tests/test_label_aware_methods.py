@@ -73,9 +73,14 @@ def test_missing_splits_are_created_as_nnunet_does(tmp_path, synthetic_context):
     written = json.load(open(tmp_path / "splits_final.json"))
     assert written == generate_crossval_split(ids, seed=12345, n_splits=5)
     assert train == written[2]["train"]
-    # a fold beyond the file: nnU-Net's seeded 80:20 split, the same as the trainer's
+    # a fold beyond the file: nnU-Net's seeded 80:20 split, the same as stock nnU-Net's trainer; ours refuse it
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    stock = nnUNetTrainer(dict(copy.deepcopy(context.plans), continue_training=False), "2d", 7, context.dataset_json,
+                          torch.device("cpu"))
     assert sorted(fold_training_cases(context.preprocessed_folder, context.data_folder, 7)) == \
-        sorted(make_trainer(context, "nnUNetTrainerScratch", fold=7).do_split()[0])
+        sorted(stock.do_split()[0])
+    with pytest.raises(NnunetClError, match="fold 7 does not exist"):
+        make_trainer(context, "nnUNetTrainerScratch", fold=7)
 
 
 # ----------------------------------------------------------------------------- semi_local method

@@ -179,7 +179,7 @@ def test_bad_options_are_one_clear_error(synthetic_context):
     from nnunet_cl.pretraining.methods import get_method
     network = synthetic_context.build_network()
     for options, message in (({"base_loss": "moco"}, "base_loss"), ({"lambda_ins": "0", "lambda_intra": "0",
-                             "lambda_inter": "0"}, "not all 0"), ({"ilcp_stride": "0"}, "ilcp_stride"),
+                             "lambda_inter": "0"}, "are all 0: no loss term is left"), ({"ilcp_stride": "0"}, "ilcp_stride"),
                              ({"feature_stage": "9"}, "does not exist")):
         with pytest.raises(NnunetClError, match=message):
             get_method("supercl")(network, synthetic_context, options)

@@ -25,6 +25,8 @@ from nnunet_cl.atomic import atomic_torch_save, atomic_write_json, remove_stale_
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.label_subsets import check_label_fraction, labeled_subset
 from nnunet_cl.trainers.finetune_schedules import SCHEDULE_ENV, FinetuneChoice, FinetuneSchedule, parameters_under
+from nnunet_cl.splits import check_fold_exists
+from nnunet_cl.validation import positive_int_env
 
 BUDGET_VARIABLES = {
     "nnUNet_cl_num_epochs": "num_epochs",
@@ -33,19 +35,6 @@ BUDGET_VARIABLES = {
     # checkpoint_latest.pth every N epochs (nnU-Net: 50), so an interrupted short run resumes with --c
     "nnUNet_cl_save_every": "save_every",
 }
-
-
-def _positive_int_env(name: str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise NnunetClError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
-    return number
 
 
 def unwrap_network(network):
@@ -63,21 +52,18 @@ class nnUNetTrainerCL(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        finetune_choice = FinetuneChoice()     # checked before nnU-Net creates the output folder
+        # Checked before nnU-Net's __init__ creates the fold folder and its log file.
+        settings = self.read_settings(plans, fold)
+        finetune_choice = FinetuneChoice()
         super().__init__(plans, configuration, fold, dataset_json, device)
-        check_label_fraction(self.label_fraction)
+        self.settings = settings
         for variable, attribute in BUDGET_VARIABLES.items():
-            value = _positive_int_env(variable)
-            if value is not None:
-                setattr(self, attribute, value)
-        self.validation_mirroring = os.environ.get("nnUNet_cl_val_mirroring", "1")
-        if self.validation_mirroring not in ("0", "1"):
-            raise NnunetClError(f"nnUNet_cl_val_mirroring={self.validation_mirroring!r} must be 0 (no mirroring in the "
-                                f"final validation) or 1 (nnU-Net's default)")
-        self.plot_every = _positive_int_env("nnUNet_cl_plot_every") or 1
-        threads = _positive_int_env("nnUNet_cl_num_threads")
-        if threads is not None:
-            torch.set_num_threads(threads)
+            if settings[variable] is not None:
+                setattr(self, attribute, settings[variable])
+        self.validation_mirroring = settings["nnUNet_cl_val_mirroring"]
+        self.plot_every = settings["nnUNet_cl_plot_every"] or 1
+        if settings["nnUNet_cl_num_threads"] is not None:
+            torch.set_num_threads(settings["nnUNet_cl_num_threads"])
         self.finetune_schedule = self.make_finetune_schedule(finetune_choice)
         if self.is_ddp and self.finetune_schedule.decoder_only(0):
             raise NnunetClError(f"{SCHEDULE_ENV}={self.finetune_schedule.name} freezes part of the network, which "
@@ -140,11 +126,28 @@ class nnUNetTrainerCL(nnUNetTrainer):
         """What the trainer loads before training, for ``nnunet_cl trainers``."""
         return "nothing (nnU-Net's initialisation)"
 
+    @classmethod
+    def read_settings(cls, plans: dict, fold) -> dict:
+        """The class's label fraction, the fold and every ``nnUNet_cl_*`` variable the trainer reads, each
+        parsed and checked here (the one place for them): ``{variable: value or None when unset}``.
+        Subclasses add their variables through ``super()``."""
+        from nnunetv2.paths import nnUNet_preprocessed
+        check_label_fraction(cls.label_fraction)
+        if nnUNet_preprocessed:
+            check_fold_exists(os.path.join(nnUNet_preprocessed, plans["dataset_name"]), fold)
+        settings = {variable: positive_int_env(variable) for variable in
+                    (*BUDGET_VARIABLES, "nnUNet_cl_batch_size", "nnUNet_cl_num_threads", "nnUNet_cl_plot_every")}
+        mirroring = os.environ.get("nnUNet_cl_val_mirroring", "1")
+        if mirroring not in ("0", "1"):
+            raise NnunetClError(f"nnUNet_cl_val_mirroring={mirroring!r} must be 0 (no mirroring in the final "
+                                f"validation) or 1 (nnU-Net's default)")
+        settings["nnUNet_cl_val_mirroring"] = mirroring
+        return settings
+
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
-        batch_size = _positive_int_env("nnUNet_cl_batch_size")
-        if batch_size is not None:
-            self.batch_size = batch_size
+        if self.settings["nnUNet_cl_batch_size"] is not None:
+            self.batch_size = self.settings["nnUNet_cl_batch_size"]
 
     def all_training_cases(self) -> list:
         """The fold's training cases before the label fraction is applied."""

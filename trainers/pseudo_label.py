@@ -68,19 +68,11 @@ from nnunet_cl.heads import PixelProjectionHead
 from nnunet_cl.label_subsets import labeled_subset
 from nnunet_cl.losses.class_mean_contrast import MODES, class_mean_contrast
 from nnunet_cl.pseudo_labels import PseudoLabeledDataset, PseudoLabelStore, RoundAgreement, label_dtype
-from nnunet_cl.trainers.base import _positive_int_env, nnUNetTrainerCL, unwrap_network
+from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
+from nnunet_cl.validation import int_env, positive_int_env
 
 PHASE1_ENV = "nnUNet_cl_pseudo_phase1_iterations"
 EVERY_ENV = "nnUNet_cl_pseudo_label_every"
-
-
-def _non_negative_int_env(name: str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise NnunetClError(f"{name}={value!r} must be a non-negative integer (or unset for the default)")
-    return int(value)
 
 
 def _full_resolution(target):
@@ -100,17 +92,14 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_fraction >= 1.0:
-            raise NnunetClError(f"{type(self).__name__} needs unlabelled cases: use a _10pct or _25pct variant")
-        if self.contrast_mode not in MODES:
-            raise NnunetClError(f"contrast_mode {self.contrast_mode!r} of {type(self).__name__} is not one of {MODES}")
         total = self.num_epochs * self.num_iterations_per_epoch
-        phase1 = _non_negative_int_env(PHASE1_ENV)
+        phase1 = self.settings[PHASE1_ENV]
         self.phase1_iterations = phase1 if phase1 is not None else int(round(self.phase1_fraction * total))
         if self.phase1_iterations >= total:
+            # needs nnU-Net's budget, known only after its __init__ (which has created the fold folder)
             raise NnunetClError(f"phase 1 ({self.phase1_iterations} iterations, {PHASE1_ENV}) leaves no joint "
                                 f"training within the {total} iterations of this run; lower it")
-        every = _positive_int_env(EVERY_ENV)
+        every = self.settings[EVERY_ENV]
         joint = total - self.phase1_iterations
         self.pseudo_label_every = every or max(1, math.ceil(joint / self.pseudo_label_rounds))
         self.global_iteration = 0
@@ -127,6 +116,15 @@ class nnUNetTrainerPseudoLabelCL(nnUNetTrainerCL):
     @classmethod
     def training_recipe(cls) -> str:
         return f"pseudo-label CL ({cls.contrast_mode})"
+
+    @classmethod
+    def read_settings(cls, plans: dict, fold) -> dict:
+        if cls.label_fraction >= 1.0:
+            raise NnunetClError(f"{cls.__name__} needs unlabelled cases: use a _10pct or _25pct variant")
+        if cls.contrast_mode not in MODES:
+            raise NnunetClError(f"contrast_mode {cls.contrast_mode!r} of {cls.__name__} is not one of {MODES}")
+        return dict(super().read_settings(plans, fold), **{PHASE1_ENV: int_env(PHASE1_ENV, minimum=0),
+                                                            EVERY_ENV: positive_int_env(EVERY_ENV)})
 
     # ---------------------------------------------------------------- set-up
     def initialize(self):

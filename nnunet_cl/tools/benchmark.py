@@ -28,16 +28,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import sys
 import time
 from datetime import timedelta
 
 from nnunet_cl.atomic import atomic_write_json
-from nnunet_cl.errors import NnunetClError
+from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
+from nnunet_cl.folder_lock import FolderLock
+from nnunet_cl.splits import parse_fold
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_dataset import GENERATED_DATASET_NAME, BenchmarkDataset
 from nnunet_cl.tools.benchmark_evaluation import BenchmarkEvaluation
-from nnunet_cl.tools.benchmark_plan import (DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun,
+from nnunet_cl.validation import positive_int
+from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun,
                                             PretrainJob, discover_families, fraction_label, make_budget, plan_runs,
                                             pretrain_done, pretrain_resumable, run_state, training_done,
                                             training_resumable)
@@ -70,25 +75,20 @@ def add_benchmark_parser(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="echo the children's whole output")
     budget = p.add_argument_group("budget overrides (of the preset)")
-    for flag, dest in (("--pretrain-epochs", "pretrain_epochs"), ("--pretrain-iters", "pretrain_iters_per_epoch"),
-                       ("--pretrain-batch", "pretrain_batch_size"), ("--epochs", "finetune_epochs"),
-                       ("--iters", "finetune_iters_per_epoch"), ("--batch", "finetune_batch_size"),
-                       ("--val-iters", "finetune_val_iters_per_epoch")):
+    for dest, flag in BUDGET_FLAGS.items():
         budget.add_argument(flag, dest=dest, type=int, default=None)
     budget.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda"), default=None)
     p.set_defaults(func=run_benchmark)
 
 
 def run_benchmark(args) -> None:
-    overrides = {k: getattr(args, k) for k in ("pretrain_epochs", "pretrain_iters_per_epoch", "pretrain_batch_size",
-                                               "finetune_epochs", "finetune_iters_per_epoch", "finetune_batch_size",
-                                               "finetune_val_iters_per_epoch", "device")}
+    overrides = {k: getattr(args, k) for k in (*BUDGET_FLAGS, "device")}
     if args.folds:
-        from nnunet_cl.splits import parse_fold
         overrides["folds"] = tuple(parse_fold(f) for f in args.folds)
     budget = make_budget(args.preset, **overrides)
     if (args.test_images is None) != (args.test_labels is None):
         raise NnunetClError("--test-images and --test-labels go together (a test folder needs its labels)")
+    positive_int(args.processes, "-np")
     Benchmark(args, budget).run()
 
 
@@ -110,20 +110,26 @@ class Benchmark:
         levers = finetune_levers_from_env()
         return dict(self.budget.fingerprint(), **({"finetune_levers": levers} if levers else {}))
 
-    def pin_budget(self) -> None:
+    def check_budget(self) -> bool:
+        """True when OUTPUT/budget.json pins this budget already; an error when it pins another one."""
         path = os.path.join(self.output, "budget.json")
+        if not os.path.isfile(path):
+            return False
         fingerprint = self.run_fingerprint()
-        if os.path.isfile(path):
-            with open(path) as f:
-                pinned = json.load(f)
-            if pinned.get("budget") != fingerprint:
-                before = pinned.get("budget", {})
-                changed = sorted(k for k in set(fingerprint) | set(before) if before.get(k) != fingerprint.get(k))
-                raise NnunetClError(f"{self.output} holds runs made with another budget (differs in: {', '.join(changed)}); "
-                                    "use another --output, or the same preset, overrides and nnUNet_cl_finetune_* / "
-                                    "nnUNet_cl_pretrained_parts / nnUNet_cl_weight_norm_reset variables as before")
-            return
-        atomic_write_json({"preset": self.budget.name, "budget": fingerprint, "dataset": self.dataset_name}, path)
+        with open(path) as f:
+            pinned = json.load(f)
+        if pinned.get("budget") != fingerprint:
+            before = pinned.get("budget", {})
+            changed = sorted(k for k in set(fingerprint) | set(before) if before.get(k) != fingerprint.get(k))
+            raise NnunetClError(f"{self.output} holds runs made with another budget (differs in: {', '.join(changed)}); "
+                                "use another --output, or the same preset, overrides and nnUNet_cl_finetune_* / "
+                                "nnUNet_cl_pretrained_parts / nnUNet_cl_weight_norm_reset variables as before")
+        return True
+
+    def pin_budget(self) -> None:
+        if not self.check_budget():
+            atomic_write_json({"preset": self.budget.name, "budget": self.run_fingerprint(),
+                               "dataset": self.dataset_name}, os.path.join(self.output, "budget.json"))
 
     # -------------------------------------------------------------------- steps
     def pretrain(self, job: PretrainJob) -> None:
@@ -143,28 +149,43 @@ class Benchmark:
 
     # -------------------------------------------------------------------- main loop
     def run(self) -> None:
+        # Every input is checked before OUTPUT (or anything in it) is created; one benchmark per OUTPUT.
         dataset = BenchmarkDataset(self.args, self.budget, self.children)
-        dataset.prepare()
+        dataset.resolve()
         self.output, self.dataset_id, self.dataset_name = dataset.output, dataset.dataset_id, dataset.dataset_name
-        self.with_test = dataset.test_cases is not None
         self.layout = BenchmarkLayout(self.output, self.dataset_name, self.args.plans)
         families = discover_families()
         runs, missing = plan_runs(families, self.args.methods or self.budget.methods,
                                   self.args.fractions or self.budget.fractions or DEFAULT_FRACTIONS,
                                   self.budget.folds,
                                   self.budget.upper_bound if self.args.upper_bound is None else self.args.upper_bound)
+        dataset.check_inputs()
+        self.with_test = dataset.test_cases is not None
+        self.check_budget()
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
+        try:
+            with FolderLock(self.output, "nnunet_cl benchmark"):
+                self.run_locked(dataset, runs, missing)
+        except (KeyboardInterrupt, Terminated) as interruption:
+            name = "SIGTERM" if isinstance(interruption, Terminated) else "SIGINT"
+            print(f"nnunet_cl: interrupted ({name}); every finished step is kept in {self.output} (an interrupted "
+                  f"pre-training or training resumes from its last checkpoint); continue with the same command: "
+                  f"nnunet_cl {' '.join(shlex.quote(a) for a in sys.argv[1:])}", file=sys.stderr, flush=True)
+            raise SystemExit(143 if name == "SIGTERM" else 130) from None
+
+    def run_locked(self, dataset, runs: list, missing: list) -> None:
+        self.pin_budget()
+        dataset.prepare()
         self.evaluation = BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id,
                                               dataset.dataset_json(), self.children, dataset.test_cases)
-        self.pin_budget()
         for method, fraction in missing:
             print(f"note: {method} has no trainer for {fraction_label(fraction)} labels; that cell is left out")
         steps = self.steps(runs)
         print(f"{self.dataset_name}: {len(runs)} fine-tuning runs, {sum(s[0] == 'pretrain' for s in steps)} "
               f"pre-trainings; {self.budget.describe()}\noutput: {self.output}", flush=True)
-        previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             for index, (kind, item) in enumerate(steps, 1):
                 self.do_step(index, steps, kind, item)
@@ -256,7 +277,3 @@ class Benchmark:
                 state = "done" if pretrain_done(self.layout, run.pretrain) else "pending"
                 print(f"  pretrain {run.pretrain.label:<34} {state}")
             print(f"  finetune {run.label:<34} {run_state(self.layout, run, self.with_test):<9} {run.trainer}")
-
-
-def _sigterm_to_exit(signum, frame):
-    raise SystemExit(128 + signum)

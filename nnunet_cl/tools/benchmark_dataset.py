@@ -25,8 +25,10 @@ GENERATED_CASES, GENERATED_SHAPE = 40, (24, 64, 64)
 
 
 class BenchmarkDataset:
-    """After ``prepare()``: ``dataset_id``, ``dataset_name``, ``output`` (absolute), ``test_cases`` (or None),
-    and the nnU-Net variables of this process point at the data and at ``OUTPUT/nnUNet_results``."""
+    """``resolve()`` (names and paths, nothing created) -> ``check_inputs()`` (folds, test folder, plans: still
+    nothing created) -> ``prepare()``. After ``resolve()``: ``dataset_id``, ``dataset_name``, ``output`` (absolute);
+    after ``check_inputs()``: ``test_cases`` (or None); after ``prepare()`` the nnU-Net variables of this process
+    point at the data and at ``OUTPUT/nnUNet_results``."""
 
     def __init__(self, args, budget: Budget, children: ChildProcesses):
         self.args = args
@@ -38,11 +40,17 @@ class BenchmarkDataset:
         return os.path.abspath(self.args.output or os.path.join(os.getcwd(), "nnunet_cl_benchmark",
                                                                 f"{self.dataset_name}_{self.budget.name}"))
 
-    def setup_environment(self) -> None:
-        """OUTPUT/nnUNet_results for every run; raw / preprocessed from the environment, else below OUTPUT."""
+    def resolve_paths(self) -> None:
+        """OUTPUT, and nnUNet_raw / nnUNet_preprocessed from the environment, else below OUTPUT (nothing is
+        created yet)."""
         self.output = self.output_folder()
+        if os.path.exists(self.output) and not os.path.isdir(self.output):
+            raise NnunetClError(f"--output {self.output} is a file, not a folder; choose another --output")
         self.children.output = self.output
         self.default_data_paths(self.output)
+
+    def setup_environment(self) -> None:
+        """OUTPUT/nnUNet_results for every run, and the data folders."""
         # This process resolves names through nnU-Net, which reads the variables lazily: set them here too.
         os.environ["nnUNet_results"] = os.path.join(self.output, "nnUNet_results")
         for variable in NNUNET_PATH_VARIABLES + ("nnUNet_results",):
@@ -63,7 +71,7 @@ class BenchmarkDataset:
         from nnunet_cl.nnunet_context import resolve_dataset_name
         return resolve_dataset_name(spec)
 
-    def prepare(self) -> None:
+    def resolve(self) -> None:
         spec = self.args.dataset
         if spec is None:
             self.dataset_id, self.dataset_name = GENERATED_DATASET_ID, GENERATED_DATASET_NAME
@@ -72,29 +80,36 @@ class BenchmarkDataset:
         else:
             self.dataset_name = self.resolve_dataset_id(spec)
             self.dataset_id = int(self.dataset_name[7:10])
-        preprocessed = os.environ.get("nnUNet_preprocessed") or os.path.join(self.output_folder(), "nnUNet_preprocessed")
+        self.resolve_paths()
+
+    def check_inputs(self) -> None:
+        """Folds against the split, the test folder and the plans: before OUTPUT exists."""
+        preprocessed = os.environ["nnUNet_preprocessed"]
         for fold in self.budget.folds:
             check_fold_exists(os.path.join(preprocessed, self.dataset_name), fold)
         if self.args.test_images is not None:
-            self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels, self.file_ending(spec))
+            self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels,
+                                                self.file_ending(self.args.dataset))
+        if self.args.plans != "nnUNetPlans" and not os.path.isfile(
+                os.path.join(preprocessed, self.dataset_name, self.args.plans + ".json")):
+            raise NnunetClError(f"{self.dataset_name} has no plans {self.args.plans!r}; create them first (e.g. "
+                                f"nnUNetv2_plan_and_preprocess -d {self.dataset_id} -c 2d -pl <planner>) or drop -p")
+
+    def prepare(self) -> None:
+        spec = self.args.dataset
         self.setup_environment()
         raw = os.path.join(os.environ["nnUNet_raw"], self.dataset_name)
-        if spec is None and not os.path.isfile(os.path.join(raw, "dataset.json")) and not self.args.list:
+        if spec is None and not os.path.isfile(os.path.join(raw, "dataset.json")):
             self.generate(raw)
-        if spec is not None and os.path.isdir(spec) and not os.path.isfile(os.path.join(raw, "dataset.json")) and not self.args.list:
+        if spec is not None and os.path.isdir(spec) and not os.path.isfile(os.path.join(raw, "dataset.json")):
             if os.path.isdir(raw):
                 import shutil
                 print(f"removing the incomplete conversion {raw} (it has no dataset.json)", flush=True)
                 shutil.rmtree(raw)
             self.children.execute(["nnUNetv2_convert_MSD_dataset", "-i", os.path.abspath(spec), "-np",
                                    self.args.processes], "convert", "convert the MSD task", training=False)
-        if self.args.list:
-            return
         state = preprocessing_state(os.environ["nnUNet_raw"], os.environ["nnUNet_preprocessed"], self.dataset_name,
                                     self.args.plans)
-        if state == "plan" and self.args.plans != "nnUNetPlans":
-            raise NnunetClError(f"{self.dataset_name} has no plans {self.args.plans!r}; create them first (e.g. "
-                                f"nnUNetv2_plan_and_preprocess -d {self.dataset_id} -c 2d -pl <planner>) or drop -p")
         if state == "plan":
             self.children.execute(["nnUNetv2_plan_and_preprocess", "-d", self.dataset_id, "-c", "2d", "-np",
                                    self.args.processes], "preprocess", "plan and preprocess (2d)", training=False)
@@ -117,9 +132,14 @@ class BenchmarkDataset:
 
     def file_ending(self, spec) -> str:
         if spec is None or os.path.isdir(spec):
-            return ".nii.gz"                    # what nnUNetv2_convert_MSD_dataset writes
-        with open(os.path.join(os.environ["nnUNet_raw"], self.dataset_name, "dataset.json")) as f:
-            return json.load(f)["file_ending"]
+            return ".nii.gz"                    # what nnUNetv2_convert_MSD_dataset and the generator write
+        for variable in ("nnUNet_raw", "nnUNet_preprocessed"):
+            path = os.path.join(os.environ[variable], self.dataset_name, "dataset.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    return json.load(f)["file_ending"]
+        raise NnunetClError(f"{self.dataset_name} has no dataset.json in nnUNet_raw or nnUNet_preprocessed; "
+                            "convert the dataset first (or give its MSD task folder)")
 
     def dataset_json(self) -> dict:
         with open(os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name, "dataset.json")) as f:
@@ -160,6 +180,9 @@ def preprocessing_state(raw: str, preprocessed: str, dataset_name: str, plans: s
 
 def check_test_folder(images: str, labels: str, ending: str) -> list:
     """Case ids of the test folder; every image (CASE_0000<ending>) needs its label (CASE<ending>)."""
+    for flag, folder in (("--test-images", images), ("--test-labels", labels)):
+        if not os.path.isdir(folder):
+            raise NnunetClError(f"{flag} {folder} is not a folder; give the folder of the test cases")
     cases = sorted({os.path.basename(p)[: -len("_0000" + ending)]
                     for p in glob.glob(os.path.join(images, "*_0000" + ending))})
     if not cases:

@@ -118,14 +118,27 @@ PRESETS = {
 }
 
 
+# The benchmark's flag of each budget value (its messages name the flag the user typed).
+BUDGET_FLAGS = {"pretrain_epochs": "--pretrain-epochs", "pretrain_iters_per_epoch": "--pretrain-iters",
+                "pretrain_batch_size": "--pretrain-batch", "finetune_epochs": "--epochs",
+                "finetune_iters_per_epoch": "--iters", "finetune_batch_size": "--batch",
+                "finetune_val_iters_per_epoch": "--val-iters"}
+
+
 def make_budget(preset: str, **overrides) -> Budget:
+    """A preset with the user's overrides, each checked by the rule its consumer applies (nnunet_cl pretrain's
+    budget, the trainers' nnUNet_cl_* variables), so a bad value is refused before anything is written."""
+    from nnunet_cl.validation import check_pretrain_budget, positive_int
     if preset not in PRESETS:
         raise NnunetClError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    for key, value in overrides.items():
-        if key != "device" and key != "folds" and (not isinstance(value, int) or value < 1):
-            raise NnunetClError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
-    return replace(PRESETS[preset], **overrides)
+    budget = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    check_pretrain_budget(budget.pretrain_epochs, budget.pretrain_iters_per_epoch, budget.pretrain_batch_size,
+                          {"epochs": BUDGET_FLAGS["pretrain_epochs"], "iters_per_epoch": BUDGET_FLAGS[
+                              "pretrain_iters_per_epoch"], "batch_size": BUDGET_FLAGS["pretrain_batch_size"]})
+    for key in ("finetune_epochs", "finetune_iters_per_epoch", "finetune_batch_size", "finetune_val_iters_per_epoch"):
+        if getattr(budget, key) is not None:
+            positive_int(getattr(budget, key), BUDGET_FLAGS[key])
+    return budget
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -10,6 +10,15 @@ from nnunet_cl.precision import PRECISIONS
 from nnunet_cl.tools.options import parse_option
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse's errors as every other bad input of nnunet_cl: one line on stderr, exit 1 (not usage + 2).
+    Sub-parsers inherit the class (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str):
+        from nnunet_cl.errors import NnunetClError
+        raise NnunetClError(f"{self.prog}: {message} (see {self.prog} -h)")
+
+
 def add_pretrain_parser(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="contrastive pre-training of the 2D nnU-Net of a dataset's plans")
     p.add_argument("-d", dest="dataset", required=True, help="dataset id or name (as for nnUNetv2_train)")
@@ -78,7 +87,7 @@ def run_env(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet_cl", description="Contrastive pre-training for nnU-Net v2")
+    parser = OneLineArgumentParser(prog="nnunet_cl", description="Contrastive pre-training for nnU-Net v2")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(subparsers)
     env = subparsers.add_parser("env", help='print the export line for nnUNet_extTrainer: eval "$(nnunet_cl env)"')
@@ -102,5 +111,6 @@ def main(argv=None) -> None:
     enable_in_this_process()  # our own subprocesses (nnUNetv2_train ...) must find our trainers
     try:
         args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:     # outside pre-training's own handler (which names the checkpoint)
+        print("nnunet_cl: interrupted", file=sys.stderr)
         sys.exit(130)

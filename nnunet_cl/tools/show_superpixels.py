@@ -101,11 +101,12 @@ def add_show_superpixels_parser(subparsers) -> None:
 
 def run_show_superpixels(args) -> None:
     from nnunet_cl.errors import NnunetClError
+    from nnunet_cl.validation import positive_int, writable_file_path
 
     if not args.output.lower().endswith(".png"):
         raise NnunetClError(f"--output {args.output!r} must be a .png file")
-    if args.num_slices < 1:
-        raise NnunetClError("--num-slices must be >= 1")
+    writable_file_path(args.output, "--output")
+    positive_int(args.num_slices, "--num-slices")
     _, slices, params, cache = supercl_superpixels(args.dataset, args.plans, dict(args.options), args.num_processes)
     shown = np.unique(np.linspace(0, len(slices.case_ids) - 1, min(args.num_slices, len(slices.case_ids))).round()
                       .astype(int))

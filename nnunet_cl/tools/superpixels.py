@@ -9,6 +9,7 @@ from nnunet_cl.pretraining.methods import get_method
 from nnunet_cl.pretraining.slices import PreprocessedSlices
 from nnunet_cl.pretraining.superpixels import SuperpixelCache
 from nnunet_cl.tools.options import parse_option
+from nnunet_cl.validation import positive_int
 
 
 def supercl_superpixels(dataset: str, plans: str = "nnUNetPlans", options: Optional[dict] = None,
@@ -16,6 +17,7 @@ def supercl_superpixels(dataset: str, plans: str = "nnUNetPlans", options: Optio
     """Build (if missing) and open the superpixel cache SuperCL uses for a dataset with these method
     options (``n_segments``, ``compactness``, ``slic_iterations``, ``feature_stage``): the same
     derivation as ``nnunet_cl pretrain -m supercl``. Returns ``(context, slices, params, cache)``."""
+    positive_int(num_processes, "-np")
     method = get_method("supercl")
     options = method.resolve_options(options or {})
     context = load_dataset_context(dataset, plans, "2d")

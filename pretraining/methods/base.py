@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.validation import positive_finite_float
+
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class PretrainingMethod(nn.Module):
@@ -59,21 +62,36 @@ class PretrainingMethod(nn.Module):
             default = options[key]
             try:
                 if isinstance(default, bool):
-                    value = str(value).lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+                    value = cls.parse_bool(value)
                 elif default is not None:
                     value = type(default)(value)
             except (TypeError, ValueError):
-                raise NnunetClError(f"option {key}={value!r} of method {cls.name!r} must be a "
-                                    f"{type(default).__name__}")
+                kind = "true/false (1/0, yes/no, on/off)" if isinstance(default, bool) else type(default).__name__
+                raise NnunetClError(f"option {key}={value!r} of method {cls.name!r} must be a {kind}")
             options[key] = value
         cls.check_options(options)
         return options
+
+    @staticmethod
+    def parse_bool(value) -> bool:
+        if not isinstance(value, str):
+            return bool(value)
+        if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+            raise ValueError(value)
+        return value.lower() in TRUE_WORDS
 
     @classmethod
     def check_options(cls, options: dict) -> None:
         """Validate the resolved options: raise ``NnunetClError`` (what is wrong, how to fix it) before any
         work starts. May put a value in its canonical form in place (e.g. a fold ``"00"`` -> ``"0"``).
-        Checks that need the network (e.g. a decoder depth) stay in ``__init__``."""
+        Checks that need the network (e.g. a decoder depth) stay in ``__init__``. Subclasses extend it
+        through ``super()``; the base checks the temperature every method's loss divides by."""
+        positive_finite_float(options["temperature"], f"{cls.name} option temperature")
+
+    @classmethod
+    def check_schedule(cls, options: dict, epochs: int, iters_per_epoch: int) -> None:
+        """Refuse a budget the method cannot run (e.g. a two-stage method in one epoch); called by the engine
+        before any file is written."""
 
     @classmethod
     def is_label_aware(cls) -> bool:

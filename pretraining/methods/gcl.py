@@ -21,7 +21,7 @@ Differences from the original TensorFlow code (``domain_specific_cl``), on purpo
 
 from __future__ import annotations
 
-from nnunet_cl.errors import NnunetClError
+from nnunet_cl.validation import positive_int
 from nnunet_cl.masks import partition_positive_mask
 from nnunet_cl.pretraining.methods import register
 from nnunet_cl.pretraining.methods.instance import InstanceContrastMethod
@@ -36,8 +36,8 @@ class GCL(InstanceContrastMethod):
 
     @classmethod
     def check_options(cls, options: dict) -> None:
-        if options["partitions"] < 1:
-            raise NnunetClError(f"GCL option partitions={options['partitions']} must be >= 1 (the paper uses 4)")
+        super().check_options(options)
+        positive_int(options["partitions"], "gcl option partitions", "the paper uses 4")
 
     def positive_mask(self, batch):
         return partition_positive_mask(batch["positions"], n_views=2, partitions=self.options["partitions"])

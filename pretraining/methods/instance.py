@@ -16,11 +16,23 @@ from nnunet_cl.masks import positional_positive_mask, same_sample_positive_mask
 from nnunet_cl.pretraining.methods import register
 from nnunet_cl.pretraining.methods.base import PretrainingMethod
 from nnunet_cl.pretraining.views import apply_per_sample, spatial_pipeline
+from nnunet_cl.validation import finite_float, positive_int
+
+
+def check_position_threshold(value, name: str) -> float:
+    """Positions are normalised to [0, 1]: 0 leaves a slice without positives, above 1 all are positives."""
+    return finite_float(value, name, low=0.0, high=1.0, low_open=True,
+                        why="normalised slice distance below which two slices are positives")
 
 
 class InstanceContrastMethod(PretrainingMethod):
     default_options = {"temperature": 0.1, "projection_dim": 128}
     supports_distributed = True   # compute_loss below gathers the global batch
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        positive_int(options["projection_dim"], f"{cls.name} option projection_dim")
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)
@@ -68,6 +80,11 @@ class PCL(InstanceContrastMethod):
     trainer_name = "PCL"
     supports_distributed = True   # the parent's gathering compute_loss
     default_options = {**InstanceContrastMethod.default_options, "position_threshold": 0.1}
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        check_position_threshold(options["position_threshold"], f"{cls.name} option position_threshold")
 
     def positive_mask(self, batch):
         return positional_positive_mask(batch["positions"], n_views=2, threshold=self.options["position_threshold"])

@@ -56,7 +56,9 @@ from nnunet_cl.masks import positional_positive_mask
 from nnunet_cl.precision import at_least_float32, float32_region
 from nnunet_cl.pretraining.methods import register
 from nnunet_cl.pretraining.methods.base import PretrainingMethod
+from nnunet_cl.pretraining.methods.instance import check_position_threshold
 from nnunet_cl.pretraining.views import apply_per_sample, geometric_pipeline, intensity_pipeline
+from nnunet_cl.validation import int_at_least, loss_weights, positive_int
 
 
 def size_text(size) -> str:
@@ -135,8 +137,12 @@ class JCL(PretrainingMethod):
 
     @classmethod
     def check_options(cls, options: dict) -> None:
-        if options["k"] < 0:
-            raise NnunetClError(f"JCL option k={options['k']} must be >= 0 (the paper uses k=2)")
+        super().check_options(options)
+        int_at_least(options["k"], 0, "jcl option k", "decoder blocks in the dominant branch; the paper uses 2")
+        check_position_threshold(options["position_threshold"], "jcl option position_threshold")
+        for key in ("projection_dim", "pixel_projection_dim"):
+            positive_int(options[key], f"jcl option {key}")
+        loss_weights(options, ("lambda_global", "lambda_dense", "lambda_er"), "jcl")
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)

@@ -56,11 +56,23 @@ from nnunet_cl.losses.supervised_local import STRATEGIES, supervised_local_contr
 from nnunet_cl.masks import tile_views
 from nnunet_cl.pretraining.methods import get_method, register
 from nnunet_cl.pretraining.methods.base import PretrainingMethod
+from nnunet_cl.pretraining.methods.instance import check_position_threshold
 from nnunet_cl.pretraining.slices import PreprocessedSlices
 from nnunet_cl.pretraining.views import apply_per_sample, intensity_pipeline
-from nnunet_cl.splits import labeled_cases_of_fold, parse_fold
+from nnunet_cl.splits import check_fold_exists, labeled_cases_of_fold, parse_fold
+from nnunet_cl.validation import finite_float, int_at_least, one_of, positive_finite_float, positive_int
 
 GLOBAL_METHODS = ("simclr", "pcl")
+
+
+def stage1_epochs(options: dict, epochs: int) -> int:
+    """Epochs of the global stage; the local stage gets the rest."""
+    if options["stage1_fraction"] == 0:
+        return 0
+    if epochs < 2:
+        raise NnunetClError("semi_local runs a global and a local stage: use --epochs >= 2, or "
+                            "-o stage1_fraction=0 for the local stage alone")
+    return max(1, min(epochs - 1, round(options["stage1_fraction"] * epochs)))
 
 
 @register
@@ -91,24 +103,21 @@ class SemiLocal(PretrainingMethod):
 
     @classmethod
     def check_options(cls, options: dict) -> None:
+        super().check_options(options)
         if options["fraction"] is None:
             raise NnunetClError("method semi_local needs the labelled fraction: add --fraction 0.1 (or 0.25) and "
                                 "--fold F, as the fine-tuning trainer (nnUNetTrainerSemiLocalInit_10pct, fold F)")
         options["fraction"] = check_label_fraction(options["fraction"])
         options["fold"] = str(parse_fold(options["fold"]))
-        if options["global_method"] not in GLOBAL_METHODS:
-            raise NnunetClError(f"semi_local option global_method={options['global_method']!r} must be one of "
-                                f"{GLOBAL_METHODS}")
-        if options["strategy"] not in STRATEGIES:
-            raise NnunetClError(f"semi_local option strategy={options['strategy']!r} must be one of {STRATEGIES}")
-        if not 0.0 <= options["stage1_fraction"] < 1.0:
-            raise NnunetClError(f"semi_local option stage1_fraction={options['stage1_fraction']} must be in [0, 1) "
-                                "(0 = supervised local stage only)")
+        one_of(options["global_method"], GLOBAL_METHODS, "semi_local option global_method")
+        one_of(options["strategy"], STRATEGIES, "semi_local option strategy")
+        finite_float(options["stage1_fraction"], "semi_local option stage1_fraction", low=0.0, high=1.0,
+                     high_open=True, why="0 = supervised local stage only")
+        positive_finite_float(options["global_temperature"], "semi_local option global_temperature")
+        check_position_threshold(options["position_threshold"], "semi_local option position_threshold")
         for key in ("stride", "block_size", "local_hidden_dim", "local_projection_dim", "projection_dim"):
-            if options[key] < 1:
-                raise NnunetClError(f"semi_local option {key}={options[key]} must be >= 1")
-        if options["stage2_batch_size"] < 0:
-            raise NnunetClError("semi_local option stage2_batch_size must be >= 1 (or 0 for --batch-size)")
+            positive_int(options[key], f"semi_local option {key}")
+        int_at_least(options["stage2_batch_size"], 0, "semi_local option stage2_batch_size", "0 = --batch-size")
 
     @classmethod
     def folder_name(cls, options: dict) -> str:
@@ -133,17 +142,17 @@ class SemiLocal(PretrainingMethod):
 
     # ---------------------------------------------------------------- data
     def case_ids(self, context) -> list:
+        check_fold_exists(context.preprocessed_folder, self.options["fold"])
         return labeled_cases_of_fold(context.preprocessed_folder, context.data_folder, self.options["fraction"],
                                      self.options["fold"])
 
     # ---------------------------------------------------------------- schedule (engine hooks)
+    @classmethod
+    def check_schedule(cls, options: dict, epochs: int, iters_per_epoch: int) -> None:
+        stage1_epochs(options, epochs)
+
     def stage1_epochs(self, epochs: int) -> int:
-        if self.options["stage1_fraction"] == 0:
-            return 0
-        if epochs < 2:
-            raise NnunetClError("semi_local runs a global and a local stage: use --epochs >= 2, or "
-                                "-o stage1_fraction=0 for the local stage alone")
-        return max(1, min(epochs - 1, round(self.options["stage1_fraction"] * epochs)))
+        return stage1_epochs(self.options, epochs)
 
     def begin_iteration(self, iteration: int, epochs: int, iters_per_epoch: int) -> None:
         self.stage = 1 if iteration < self.stage1_epochs(epochs) * iters_per_epoch else 2

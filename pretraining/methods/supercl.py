@@ -57,6 +57,7 @@ from nnunet_cl.pretraining.superpixels import (SlicParameters, SuperpixelCache, 
                                                default_feature_stage, default_n_segments, feature_map_shape,
                                                majority_downsample, stage_downsampling)
 from nnunet_cl.pretraining.views import apply_per_sample, intensity_pipeline
+from nnunet_cl.validation import int_at_least, loss_weights, positive_finite_float, positive_int
 
 BASE_LOSSES = ("pcl", "wcl")
 
@@ -121,15 +122,15 @@ class SuperCL(PCL):
     # ------------------------------------------------------------------ options and geometry
     @classmethod
     def check_options(cls, options: dict) -> None:
+        super().check_options(options)
         if options["base_loss"] not in BASE_LOSSES:
             raise NnunetClError(f"supercl option base_loss={options['base_loss']!r} must be one of {BASE_LOSSES}")
-        lambdas = [options[k] for k in ("lambda_ins", "lambda_intra", "lambda_inter")]
-        if min(lambdas) < 0 or max(lambdas) == 0:
-            raise NnunetClError("supercl lambdas must be >= 0 and not all 0 (a lambda of 0 switches its term off)")
-        if options["ilcp_stride"] < 1:
-            raise NnunetClError(f"supercl option ilcp_stride must be >= 1, got {options['ilcp_stride']}")
-        if options["n_segments"] < 0:
-            raise NnunetClError(f"supercl option n_segments must be >= 0 (0 = automatic), got {options['n_segments']}")
+        loss_weights(options, ("lambda_ins", "lambda_intra", "lambda_inter"), "supercl")
+        positive_int(options["ilcp_stride"], "supercl option ilcp_stride")
+        int_at_least(options["n_segments"], 0, "supercl option n_segments", "0 = automatic")
+        int_at_least(options["feature_stage"], -1, "supercl option feature_stage", "-1 = automatic")
+        positive_finite_float(options["compactness"], "supercl option compactness")
+        positive_int(options["slic_iterations"], "supercl option slic_iterations")
 
     @classmethod
     def geometry(cls, patch_size, strides, options: dict) -> tuple:

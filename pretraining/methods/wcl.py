@@ -32,6 +32,7 @@ from nnunet_cl.losses import multi_positive_info_nce
 from nnunet_cl.masks import equal_label_mask, same_sample_positive_mask
 from nnunet_cl.pretraining.methods import register
 from nnunet_cl.pretraining.methods.instance import InstanceContrastMethod
+from nnunet_cl.validation import finite_float
 
 
 def cross_view_graph_mask(graph_embeddings: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,11 @@ class WCL(InstanceContrastMethod):
     name = "wcl"
     trainer_name = "WCL"
     default_options = {**InstanceContrastMethod.default_options, "graph_weight": 1.0}
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        finite_float(options["graph_weight"], "wcl option graph_weight", low=0.0)
 
     def __init__(self, network, context, options=None):
         super().__init__(network, context, options)
