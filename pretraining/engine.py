@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -337,8 +338,14 @@ class Pretrainer:
                                 f"{self.epoch}; stopped (lower --lr). {self.checkpoint_state()}")
         path = os.path.join(self.output_folder, name)
         if name == "checkpoint_latest.pth" and os.path.isfile(path) and not self.earlier_run:
-            # Keep the last good one: --c falls back to it if the new latest turns out corrupt.
-            os.replace(path, os.path.join(self.output_folder, "checkpoint_previous.pth"))
+            # Keep the last good one: --c falls back to it if the new latest turns out corrupt. A hard link, not a
+            # rename, so that checkpoint_latest.pth exists at every moment (an interruption mid-save leaves it).
+            with atomic_target(os.path.join(self.output_folder, "checkpoint_previous.pth")) as tmp:
+                os.remove(tmp)
+                try:
+                    os.link(path, tmp)
+                except OSError:             # a file system without hard links
+                    shutil.copyfile(path, tmp)
         save_checkpoint(self.checkpoint_dict(), path)   # atomic: an earlier run's file of that name until now
         self.saved = (path, self.epoch)
         if self.earlier_run:
