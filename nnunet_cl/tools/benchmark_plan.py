@@ -96,7 +96,7 @@ PRESETS = {
     # is the shortest of a learning curve of scratch at 10 % and 25 % labels whose validation DSC is within one
     # point of the longest (README, "Choosing the cpu-plateau budget"); pre-training 1000 steps x 32.
     "cpu-plateau": Budget("cpu-plateau", pretrain_epochs=40, pretrain_iters_per_epoch=25, pretrain_batch_size=32,
-                          finetune_epochs=28, finetune_iters_per_epoch=50, finetune_batch_size=16,
+                          finetune_epochs=112, finetune_iters_per_epoch=50, finetune_batch_size=16,
                           finetune_val_iters_per_epoch=5, device="cpu", folds=(0, 1, 2),
                           test_time_augmentation=False),
     # nnU-Net's default recipe (1000 x 250, batch from the plans) and the papers' pre-training
