@@ -117,3 +117,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child the test stops with SIGINT: SIGINT at its default disposition, as under a
+    terminal. A shell that starts the test suite in the background (``cmd &``) makes every child ignore SIGINT,
+    and Python then never raises KeyboardInterrupt, so such a test would wait forever."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -13,7 +13,7 @@ from nnunet_cl.errors import NnunetClError
 from nnunet_cl.pretraining.loader import BatchLoader
 from nnunet_cl.pretraining.methods import METHODS
 from nnunet_cl.pretraining.methods.instance import PCL
-from tests.conftest import console_script
+from tests.conftest import console_script, sigint_as_in_a_terminal
 
 # Small options on the synthetic data; semi_local crosses its stage boundary (iteration 2 of 4), so the
 # workers must switch stage through begin_iteration exactly as the training process does.
@@ -115,7 +115,7 @@ def test_workers_die_with_the_training_process(synthetic_env, how):
     args = [console_script("nnunet_cl"), "pretrain", "-d", "990", "-m", "simclr", "--epochs", "1",
             "--iters-per-epoch", "100000", "--batch-size", "4", "-device", "cpu", "--seed", "1"]
     proc = subprocess.Popen(args, env=synthetic_env.env(nnUNet_n_proc_DA=2), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
     try:
         deadline = time.time() + 600
         workers = []

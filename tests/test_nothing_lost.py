@@ -19,7 +19,7 @@ import torch
 from nnunet_cl.atomic import atomic_target, atomic_torch_save, atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
-from tests.conftest import console_script
+from tests.conftest import console_script, sigint_as_in_a_terminal
 
 
 def folder(results, method):
@@ -42,7 +42,7 @@ def load(path):
 
 def start(env, args, results, **popen):
     return subprocess.Popen(args, env=env.env(nnUNet_results=results), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal, **popen)
 
 
 def wait_for_line(proc, fragment: str) -> None:
@@ -202,7 +202,7 @@ def test_interrupted_benchmark_says_what_is_kept_and_how_to_continue(synthetic_e
     args = [console_script("nnunet_cl"), "benchmark", "-d", "990", "--preset", "tiny", "-m", "scratch",
             "--fractions", "0.1", "--no-upper-bound", "-o", str(out)]
     proc = subprocess.Popen(args, env=synthetic_env.env(training=False), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
     wait_for_line(proc, "[1/1]")                            # the fine-tuning child is running
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
