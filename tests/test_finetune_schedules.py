@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.trainers.finetune_schedules import (PEAK_LR_ENV, SCHEDULE_ENV, SCHEDULES, FinetuneChoice,
+from nnunet_cl.trainers.finetune_schedules import (PEAK_LR_ENV, SCHEDULE_ENV, FinetuneChoice,
                                                    parameters_under)
 
 
