@@ -1,0 +1,56 @@
+"""scripts/compare_benchmarks.py: paired Δ between runs kept in different benchmark outputs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_cl.tools.benchmark_report import write_rows
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "compare_benchmarks.py")
+
+
+def write_start(output, trainer, method, dsc_per_fold):
+    """Per-case metrics of one start as the benchmark writes them: two classes, DSC given per fold and case."""
+    for fold, cases in dsc_per_fold.items():
+        rows = [dict(dataset="Dataset004_Hippocampus", method=method, trainer=trainer, fraction=0.1, fold=fold,
+                     split="val", case=case, **{"class": name}, class_id=class_id, dsc=dsc, jc=dsc, hd95=1.0,
+                     asd=1.0, n_ref=10, n_pred=10, distance_undefined=False)
+                for case, dsc in cases.items() for class_id, name in ((1, "a"), (2, "b"))]
+        write_rows(rows, os.path.join(output, "metrics", trainer, f"fold_{fold}_val.csv"))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_effect_and_intervals_against_the_reference(tmp_path):
+    reference = {0: {"c1": 0.70, "c2": 0.80}, 1: {"c3": 0.60, "c4": 0.90}, 2: {"c5": 0.75}}
+    # +2 points on folds 0 and 2, +4 on fold 1: effect (2 + 4 + 2) / 3
+    better = {0: {"c1": 0.72, "c2": 0.82}, 1: {"c3": 0.64, "c4": 0.94}, 2: {"c5": 0.77}}
+    write_start(tmp_path / "a", "nnUNetTrainerScratch_10pct", "scratch", reference)
+    write_start(tmp_path / "b", "nnUNetTrainerPCLInit_10pct", "pcl", better)
+    out = tmp_path / "table.md"
+    proc = run(f"scratch={tmp_path / 'a'}:nnUNetTrainerScratch_10pct",
+               f"warm={tmp_path / 'b'}:nnUNetTrainerPCLInit_10pct", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    scratch_line, warm_line = proc.stdout.splitlines()[2:4]
+    assert scratch_line.startswith("| scratch | 75.00 | 75.00 | 75.00 | 75.00 | reference")
+    assert warm_line.startswith("| warm | 77.00 | 79.00 | 77.00 | 77.67 | +2.67 |")
+    # cases interval: fold 1's two cases differ by 4 each and the others by 2, so every resample gives 8/3
+    assert "[+2.67, +2.67]" in warm_line
+    assert out.read_text() == proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["scratch=somewhere"], "is not LABEL=OUTPUT:TRAINER"),
+    (["x={a}:nnUNetTrainerScratch_10pct", "y={a}:nnUNetTrainerPCLInit_10pct"], "no validation metrics of "
+                                                                                "nnUNetTrainerPCLInit_10pct"),
+    (["x={a}:nnUNetTrainerScratch_10pct", "x={a}:nnUNetTrainerScratch_10pct"], "labels must differ"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    write_start(tmp_path / "a", "nnUNetTrainerScratch_10pct", "scratch", {0: {"c1": 0.7}})
+    proc = run(*[a.format(a=tmp_path / "a") for a in args], *([] if len(args) > 1 else ["y=b:c"]))
+    assert proc.returncode == 1
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
