@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 
-from nnunet_cl.ext_trainer import ext_trainer_value
 
 
 def fold_folder(output: str, steps: int, dataset: str, trainer: str, fold: int, one_run: bool = False) -> str:
@@ -47,11 +46,16 @@ def summary_path(output: str, steps: int, dataset: str, trainer: str, fold: int,
 
 
 def budget_environment(args, results: str, epochs: int) -> dict:
-    return dict(nnUNet_results=results, nnUNet_extTrainer=ext_trainer_value(), nnUNet_n_proc_DA="0",
-                nnUNet_cl_num_epochs=str(epochs), nnUNet_cl_num_iterations_per_epoch=str(args.iters),
-                nnUNet_cl_batch_size=str(args.batch), nnUNet_cl_num_val_iterations_per_epoch=str(args.val_iters),
-                nnUNet_cl_val_mirroring="0", nnUNet_cl_save_every=str(max(1, epochs // 8)),
-                nnUNet_cl_num_threads=os.environ.get("nnUNet_cl_num_threads", "1"))
+    """A fine-tuning child's environment exactly as ``nnunet_cl benchmark`` gives it (the cpu-plateau preset
+    with this curve's batch, iterations and epochs), in ``results``; torch threads from
+    ``nnUNet_cl_num_threads`` (default 1)."""
+    from nnunet_cl.tools.benchmark_children import ChildProcesses
+    from nnunet_cl.tools.benchmark_plan import make_budget
+    budget = make_budget("cpu-plateau", finetune_epochs=epochs, finetune_iters_per_epoch=args.iters,
+                         finetune_batch_size=args.batch, finetune_val_iters_per_epoch=args.val_iters, device="cpu")
+    env = ChildProcesses(budget, processes=2).env(training=True)
+    env.update(nnUNet_results=results, nnUNet_cl_num_threads=os.environ.get("nnUNet_cl_num_threads", "1"))
+    return env
 
 
 def foreground_dice(path: str) -> float:
@@ -64,7 +68,7 @@ def run_one(args, dataset: str, trainer: str, steps: int) -> None:
     summary = summary_path(args.output, steps, dataset, trainer, args.fold)
     if not os.path.isfile(summary):
         epochs = steps // args.iters
-        env = dict(os.environ, **budget_environment(args, results, epochs))
+        env = budget_environment(args, results, epochs)
         folder = fold_folder(args.output, steps, dataset, trainer, args.fold)
         command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), args.dataset, "2d",
                    str(args.fold), "-tr", trainer, "-device", "cpu"]
