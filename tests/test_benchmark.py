@@ -11,6 +11,7 @@ import pytest
 from nnunet_cl.tools.benchmark import Benchmark
 from nnunet_cl.tools.benchmark_children import ChildProcesses, progress_line
 from nnunet_cl.tools.benchmark_dataset import check_test_folder, msd_dataset_name, preprocessing_state
+from nnunet_cl.tools.benchmark_evaluation import BenchmarkEvaluation
 from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, discover_families, make_budget, plan_runs,
                                       run_state)
 from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows
@@ -128,7 +129,8 @@ def test_budget_overrides_and_pinning(tmp_path):
     bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
     bench.pin_budget()
     bench.pin_budget()                                    # same budget: fine
-    bench.budget = make_budget("tiny", finetune_epochs=2)
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
+    bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
     with pytest.raises(NnunetClError, match="finetune_epochs"):
         bench.pin_budget()
 
@@ -137,29 +139,49 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     for variable in ("nnUNet_cl_finetune_schedule", "nnUNet_cl_finetune_peak_lr", "nnUNet_cl_pretrained_parts",
                      "nnUNet_cl_weight_norm_reset"):
         monkeypatch.delenv(variable, raising=False)
-    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
-    bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+
+    def pin(output=tmp_path):
+        """A benchmark started with the environment as it is now (the levers are read once, at its start)."""
+        bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
+        bench.output, bench.dataset_name = str(output), "Dataset990_Synth"
+        bench.pin_budget()
+        return bench
+
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "nosuch")
     with pytest.raises(NnunetClError, match="not a fine-tuning schedule"):
-        bench.pin_budget()
+        pin()
     assert not (tmp_path / "budget.json").exists()        # checked before anything is written
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
-    bench.pin_budget()
+    bench = pin()
     pinned = json.loads((tmp_path / "budget.json").read_text())["budget"]
     assert pinned["finetune_levers"] == {"nnUNet_cl_finetune_schedule": "warmup"}
-    bench.pin_budget()                                    # the same levers: fine
+    monkeypatch.delenv("nnUNet_cl_finetune_schedule")     # changed after the start: the benchmark keeps its own
+    bench.pin_budget()
+    monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
+    pin()                                                 # the same levers: fine
     monkeypatch.setenv("nnUNet_cl_weight_norm_reset", "1")
     with pytest.raises(NnunetClError, match="finetune_levers"):
-        bench.pin_budget()
+        pin()
     monkeypatch.delenv("nnUNet_cl_weight_norm_reset")
     monkeypatch.delenv("nnUNet_cl_finetune_schedule")     # no lever set against a folder made with one
     with pytest.raises(NnunetClError, match="finetune_levers"):
-        bench.pin_budget()
+        pin()
     unpinned = tmp_path / "plain"
     unpinned.mkdir()
-    bench.output = str(unpinned)
-    bench.pin_budget()                                    # no lever: the same budget.json as before levers existed
+    pin(unpinned)                                         # no lever: the same budget.json as before levers existed
     assert "finetune_levers" not in json.loads((unpinned / "budget.json").read_text())["budget"]
+
+
+def test_the_report_names_the_levers_the_benchmark_pinned_not_the_environment_of_the_moment(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
+    monkeypatch.setenv("nnUNet_cl_finetune_schedule", "adam")
+    evaluation = BenchmarkEvaluation(None, bench.budget, BenchmarkLayout(str(tmp_path), "Dataset990_Synth"), SYNTH_ID,
+                                     {}, bench.children, levers=bench.fingerprint.get("finetune_levers"))
+    (line,) = [h for h in evaluation.report_header([]) if "levers" in h]
+    assert line == "- fine-tuning levers: {'nnUNet_cl_finetune_schedule': 'warmup'}"
+    plain = BenchmarkEvaluation(None, bench.budget, evaluation.layout, SYNTH_ID, {}, bench.children)
+    assert "- fine-tuning levers: none set (nnU-Net recipe)" in plain.report_header([])
 
 
 def test_dataset_helpers(tmp_path):

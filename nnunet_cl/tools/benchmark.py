@@ -102,10 +102,12 @@ class Benchmark:
         self.started = time.time()
         self.durations: dict = {"pretrain": [], "finetune": []}
         self.children = ChildProcesses(budget, args.processes, args.verbose)
+        self.fingerprint = self.run_fingerprint()
 
     def run_fingerprint(self) -> dict:
         """What makes two runs comparable: the budget, and the fine-tuning levers (nnUNet_cl_finetune_schedule, ...)
-        when any is set in the environment (the trainers read them from there)."""
+        when any is set in the environment (the trainers read them from there; read once, when the benchmark
+        starts)."""
         from nnunet_cl.trainers.pretrained_init import finetune_levers_from_env
         levers = finetune_levers_from_env()
         return dict(self.budget.fingerprint(), **({"finetune_levers": levers} if levers else {}))
@@ -115,7 +117,7 @@ class Benchmark:
         path = os.path.join(self.output, "budget.json")
         if not os.path.isfile(path):
             return False
-        fingerprint = self.run_fingerprint()
+        fingerprint = self.fingerprint
         with open(path) as f:
             pinned = json.load(f)
         if pinned.get("budget") != fingerprint:
@@ -128,7 +130,7 @@ class Benchmark:
 
     def pin_budget(self) -> None:
         if not self.check_budget():
-            atomic_write_json({"preset": self.budget.name, "budget": self.run_fingerprint(),
+            atomic_write_json({"preset": self.budget.name, "budget": self.fingerprint,
                                "dataset": self.dataset_name}, os.path.join(self.output, "budget.json"))
 
     # -------------------------------------------------------------------- steps
@@ -179,7 +181,8 @@ class Benchmark:
         self.pin_budget()
         dataset.prepare()
         self.evaluation = BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id,
-                                              dataset.dataset_json(), self.children, dataset.test_cases)
+                                              dataset.dataset_json(), self.children, dataset.test_cases,
+                                              levers=self.fingerprint.get("finetune_levers"))
         for method, fraction in missing:
             print(f"note: {method} has no trainer for {fraction_label(fraction)} labels; that cell is left out")
         steps = self.steps(runs)

@@ -23,8 +23,9 @@ from nnunet_cl.tools.benchmark_plan import Budget, BenchmarkLayout, FinetuneRun,
 
 class BenchmarkEvaluation:
     def __init__(self, args, budget: Budget, layout: BenchmarkLayout, dataset_id: int, dataset_json: dict,
-                 children: ChildProcesses, test_cases=None):
+                 children: ChildProcesses, test_cases=None, levers=None):
         self.args = args
+        self.levers = levers          # the fine-tuning levers the benchmark pinned (None: nnU-Net's recipe)
         self.budget = budget
         self.layout = layout
         self.dataset_id = dataset_id
@@ -99,14 +100,13 @@ class BenchmarkEvaluation:
     def report_header(self, runs: list) -> list:
         import torch
 
-        from nnunet_cl.trainers.pretrained_init import finetune_levers_from_env
         finished = sum(run_state(self.layout, r, self.with_test) == "done" for r in runs)
         return [f"## {self.layout.dataset_name}: nnunet_cl benchmark ({self.budget.name} preset)", "",
                 f"- command: `nnunet_cl {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
                 f"- date: {datetime.now():%Y-%m-%d %H:%M} (this report); runs finished: {finished}/{len(runs)}",
                 f"- machine: {machine_description()}; torch {torch.__version__}",
                 f"- budget: {self.budget.describe()}",
-                f"- fine-tuning levers: {finetune_levers_from_env() or 'none set (nnU-Net recipe)'}",
+                f"- fine-tuning levers: {self.levers or 'none set (nnU-Net recipe)'}",
                 f"- validation: nnU-Net's 5-fold split (splits_final.json), folds "
                 f"{', '.join(str(f) for f in self.budget.folds)}; labelled subsets as the _10pct/_25pct trainers"]
 
