@@ -149,6 +149,17 @@ def format_difference(result, folds_of_cell: list) -> list:
 
 
 # ---------------------------------------------------------------------------------------------- markdown
+def split_rows(table: "OrderedDict", split: str):
+    """``(Labeled cell, fraction, method, value)`` of one split's entries of a ``(split, fraction, method) ->
+    value`` table, in its order; the Labeled cell is blank where the fraction repeats the row above."""
+    previous_fraction = None
+    for (s, fraction, method), value in table.items():
+        if s != split:
+            continue
+        yield (fraction_label(fraction) if fraction != previous_fraction else ""), fraction, method, value
+        previous_fraction = fraction
+
+
 def markdown(rows: list, header_lines: list) -> str:
     lines = list(header_lines)
     cells = table_cells(rows)
@@ -160,27 +171,17 @@ def markdown(rows: list, header_lines: list) -> str:
                   "| Labeled | Method | " + " | ".join(label for _, label, _ in METRICS) + " | folds | undef. | "
                   f"Δ DSC vs {REFERENCE_METHOD} | 95 % CI (cases) | 95 % CI (folds) |",
                   "|---|---|" + "---|" * (len(METRICS) + 5)]
-        previous_fraction = None
-        for (s, fraction, method), cell in cells.items():
-            if s != split:
-                continue
-            labeled = fraction_label(fraction) if fraction != previous_fraction else ""
-            previous_fraction = fraction
+        for labeled, fraction, method, cell in split_rows(cells, split):
             values = [format_mean_sd([sc[m] for sc in cell["scores"]], scale, 2 if scale == 1.0 else 1)
                       for m, _, scale in METRICS]
             undefined = sum(sc["undefined"] for sc in cell["scores"])
-            difference = format_difference(paired[(s, fraction, method)], cell["folds"])
+            difference = format_difference(paired[(split, fraction, method)], cell["folds"])
             lines.append(f"| {labeled} | {method} | " + " | ".join(values) +
                          f" | {','.join(map(str, cell['folds']))} | {undefined} | " + " | ".join(difference) + " |")
         classes = list(dict.fromkeys(c for k, v in per_class.items() if k[0] == split for c in v))
         lines += ["", f"DSC (%) per class ({title}):", "",
                   "| Labeled | Method | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
-        previous_fraction = None
-        for (s, fraction, method), by_class in per_class.items():
-            if s != split:
-                continue
-            labeled = fraction_label(fraction) if fraction != previous_fraction else ""
-            previous_fraction = fraction
+        for labeled, _, method, by_class in split_rows(per_class, split):
             lines.append(f"| {labeled} | {method} | " +
                          " | ".join(format_mean_sd(by_class.get(c, []), 100.0, 1) for c in classes) + " |")
     lines += ["", "Each run's score is the mean over its cases and foreground classes; the table shows mean ± "
