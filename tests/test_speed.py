@@ -39,7 +39,7 @@ def test_speed_table_for_one_method(synthetic_context, tmp_path):
     out = tmp_path / "speed.md"
     args = types.SimpleNamespace(dataset="990", plans="nnUNetPlans", methods=[method], batch_size=4, warmup=1,
                                  repeats=3, cache_cases=1, device="cpu", output=str(out), loader_workers=[0, 1],
-                                 loader_rounds=1)
+                                 loader_rounds=1, loader_batches=2)
     run_speed(args)
     text = out.read_text()
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
@@ -65,6 +65,9 @@ def test_speed_table_for_one_method(synthetic_context, tmp_path):
 def test_speed_rejects_bad_arguments():
     args = types.SimpleNamespace(dataset="990", plans="nnUNetPlans", methods=None, batch_size=1, warmup=0,
                                  repeats=1, cache_cases=1, device="cpu", output="x.md", loader_workers=[0],
-                                 loader_rounds=1)
+                                 loader_rounds=1, loader_batches=1)
     with pytest.raises(NnunetClError, match="batch-size"):
+        run_speed(args)
+    args.batch_size, args.loader_batches = 4, 0
+    with pytest.raises(NnunetClError, match="--loader-batches >= 1"):
         run_speed(args)

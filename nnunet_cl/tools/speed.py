@@ -23,7 +23,8 @@ Per row, after ``--warmup`` untimed iterations, the median over ``--repeats`` it
 * **loader** (methods): batches/s of the engine's loader alone (``pretraining/loader.py``) with each of
   ``--loader-workers`` background processes (default 0, 1, 2): per count, ``--loader-rounds`` rounds
   (interleaved over the counts, each with a fresh loader whose start-up and first ``warmup`` batches are
-  not timed) of ``repeats`` batches; the median round. **N / 0 workers** is the ratio of those medians
+  not timed) of ``--loader-batches`` batches (more than the step repeats: a round of a few batches
+  is dominated by the queue's start-up); the median round. **N / 0 workers** is the ratio of those medians
   for the largest count. **iteration**: median wall time of fetching the next batch plus the step, with
   the batch made in the training process (batch + step) and with the largest worker count, the loader
   working in the background while the network trains.
@@ -75,6 +76,7 @@ def add_speed_parser(subparsers) -> None:
     p.add_argument("--loader-workers", type=int, nargs="+", default=[0, 1, 2],
                    help="loader worker processes timed per method (default 0 1 2; 0 = in the training process)")
     p.add_argument("--loader-rounds", type=int, default=3, help="timed rounds per worker count (median; default 3)")
+    p.add_argument("--loader-batches", type=int, default=40, help="batches timed per loader round (default 40)")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("-o", "--output", default="speed.md", help="markdown table (a .json with the raw numbers beside it)")
     p.set_defaults(func=run_speed)
@@ -208,7 +210,7 @@ LOADER_ITERATIONS = 10 ** 6    # iterations per epoch of the timed engine: more 
 
 
 def method_row(context, name: str, batch_size: int, device, warmup: int, repeats: int, cache_cases: int,
-               loader_workers=(0, 1, 2), loader_rounds: int = 3) -> dict:
+               loader_workers=(0, 1, 2), loader_rounds: int = 3, loader_batches: int = 40) -> dict:
     method_cls = get_method(name)
     # Label-aware methods need a labelled subset: the 10 % subset of fold 0, as the benchmark's first cell.
     options = {"fraction": 0.1, "fold": "0"} if method_cls.is_label_aware() else {}
@@ -228,14 +230,15 @@ def method_row(context, name: str, batch_size: int, device, warmup: int, repeats
                       device, warmup, repeats)
     finally:
         in_process.close()
-    row.update(loader_columns(loader, engine, device, loader_workers, loader_rounds, warmup, repeats))
+    row.update(loader_columns(loader, engine, device, loader_workers, loader_rounds, warmup, repeats, loader_batches))
     row["superpixel_ms_per_slice"] = superpixel_time(engine.method, engine.slices, cache_cases)
     return dict(row, name=name)
 
 
-def loader_columns(loader, engine, device, worker_counts, rounds: int, warmup: int, repeats: int) -> dict:
-    """Batches/s of the loader alone per worker count (median of ``rounds``), and the iteration time (next batch
-    + step) with the largest count working in the background."""
+def loader_columns(loader, engine, device, worker_counts, rounds: int, warmup: int, repeats: int,
+                   loader_batches: int) -> dict:
+    """Batches/s of the loader alone per worker count (median of ``rounds`` rounds of ``loader_batches``), and the
+    iteration time (next batch + step, ``repeats`` times) with the largest count working in the background."""
     rates: dict = {workers: [] for workers in worker_counts}
     for _ in range(rounds):
         for workers in worker_counts:              # interleaved: slow drifts of the machine's load hit every count
@@ -244,9 +247,9 @@ def loader_columns(loader, engine, device, worker_counts, rounds: int, warmup: i
                 for _ in range(warmup + 1):        # start-up (fork, first reads) is not timed
                     next(batches)
                 start = time.perf_counter()
-                for _ in range(repeats):
+                for _ in range(loader_batches):
                     next(batches)
-                rates[workers].append(repeats / (time.perf_counter() - start))
+                rates[workers].append(loader_batches / (time.perf_counter() - start))
             finally:
                 batches.close()
     most = max(worker_counts)
@@ -320,8 +323,9 @@ def format_table(rows: list, header: list) -> str:
 def run_speed(args) -> None:
     if args.batch_size < 2 or args.repeats < 1 or args.warmup < 0:
         raise NnunetClError("--batch-size must be >= 2, --repeats >= 1 and --warmup >= 0")
-    if min(args.loader_workers) < 0 or args.loader_rounds < 1:
-        raise NnunetClError("--loader-workers must be >= 0 (0 = in the training process) and --loader-rounds >= 1")
+    if min(args.loader_workers) < 0 or args.loader_rounds < 1 or args.loader_batches < 1:
+        raise NnunetClError("--loader-workers must be >= 0 (0 = in the training process), --loader-rounds and "
+                            "--loader-batches >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise NnunetClError("-device cuda was requested but no CUDA device is available; use -device cpu")
     methods = args.methods or list(METHODS)
@@ -341,7 +345,8 @@ def run_speed(args) -> None:
         for name in methods:
             print(f"{name} ...", flush=True)
             rows.append(method_row(context, name, args.batch_size, device, args.warmup, args.repeats,
-                                   args.cache_cases, sorted(set(args.loader_workers)), args.loader_rounds))
+                                   args.cache_cases, sorted(set(args.loader_workers)), args.loader_rounds,
+                                   args.loader_batches))
     finally:
         import shutil
         shutil.rmtree(scratch, ignore_errors=True)
@@ -353,7 +358,8 @@ def run_speed(args) -> None:
               f"device {args.device}", "",
               f"- command: `nnunet_cl speed -d {args.dataset} --batch-size {args.batch_size} --warmup {args.warmup} "
               f"--repeats {args.repeats} --loader-workers {' '.join(map(str, args.loader_workers))} --loader-rounds "
-              f"{args.loader_rounds}" + (f" -m {' '.join(args.methods)}" if args.methods else "") + "`",
+              f"{args.loader_rounds} --loader-batches {args.loader_batches}"
+              + (f" -m {' '.join(args.methods)}" if args.methods else "") + "`",
               f"- date: {started:%Y-%m-%d %H:%M}; machine: {machine_description()}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads",
               f"- medians over {args.repeats} iterations after {args.warmup} warm-up iterations"]
