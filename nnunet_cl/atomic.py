@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 
@@ -71,3 +72,13 @@ def atomic_write_json(obj, path: str) -> None:
     with atomic_target(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
+
+
+def link_or_copy(source: str, target: str) -> str:
+    """A hard link ``target`` of ``source`` (no copy of the bytes); a copy on file systems without links. Safe
+    for files that are only ever replaced atomically, never rewritten in place (every file this package writes)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from nnunet_cl.atomic import atomic_target, atomic_write_json, remove_stale_temps
+from nnunet_cl.atomic import atomic_target, atomic_write_json, link_or_copy, remove_stale_temps
 from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
@@ -342,10 +341,7 @@ class Pretrainer:
             # rename, so that checkpoint_latest.pth exists at every moment (an interruption mid-save leaves it).
             with atomic_target(os.path.join(self.output_folder, "checkpoint_previous.pth")) as tmp:
                 os.remove(tmp)
-                try:
-                    os.link(path, tmp)
-                except OSError:             # a file system without hard links
-                    shutil.copyfile(path, tmp)
+                link_or_copy(path, tmp)
         save_checkpoint(self.checkpoint_dict(), path)   # atomic: an earlier run's file of that name until now
         self.saved = (path, self.epoch)
         if self.earlier_run:

@@ -142,7 +142,7 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
 
     def pin(output=tmp_path):
         """A benchmark started with the environment as it is now (the levers are read once, at its start)."""
-        bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
+        bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
         bench.output, bench.dataset_name = str(output), "Dataset990_Synth"
         bench.pin_budget()
         return bench
@@ -166,6 +166,11 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_cl_finetune_schedule")     # no lever set against a folder made with one
     with pytest.raises(NnunetClError, match="finetune_levers"):
         pin()
+    monkeypatch.setenv("nnUNet_cl_finetune_schedule", "decoder_first")    # 4 phases; this budget has 2 epochs
+    with pytest.raises(NnunetClError, match="decoder_first needs at least 4 epochs .* 2; raise --epochs of the benchmark"):
+        pin(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    monkeypatch.delenv("nnUNet_cl_finetune_schedule")
     unpinned = tmp_path / "plain"
     unpinned.mkdir()
     pin(unpinned)                                         # no lever: the same budget.json as before levers existed
@@ -174,11 +179,11 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
 
 def test_the_report_names_the_levers_the_benchmark_pinned_not_the_environment_of_the_moment(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
-    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "adam")
     evaluation = BenchmarkEvaluation(None, bench.budget, BenchmarkLayout(str(tmp_path), "Dataset990_Synth"), SYNTH_ID,
                                      {}, bench.children, levers=bench.fingerprint.get("finetune_levers"))
-    (line,) = [h for h in evaluation.report_header([]) if "levers" in h]
+    (line,) = [h for h in evaluation.report_header([]) if h.startswith("- fine-tuning levers")]
     assert line == "- fine-tuning levers: {'nnUNet_cl_finetune_schedule': 'warmup'}"
     plain = BenchmarkEvaluation(None, bench.budget, evaluation.layout, SYNTH_ID, {}, bench.children)
     assert "- fine-tuning levers: none set (nnU-Net recipe)" in plain.report_header([])
@@ -259,6 +264,26 @@ def test_tiny_benchmark_end_to_end_and_resume(synthetic_env, tmp_path):
     assert "$ nnUNetv2_train" not in second.stdout and "$ nnunet_cl pretrain" not in second.stdout
     assert "cached" in second.stdout and second.stdout.count(": done (") == 2
 
+    # Another output (another fine-tuning lever) takes the finished pre-training instead of pre-training again.
+    other = str(tmp_path / "bench_warmup")
+    lever = dict(nnUNet_cl_finetune_schedule="adam")
+    adopt = ["nnunet_cl", "benchmark", "-d", SYNTH_ID, "--preset", "tiny", "-m", method, "--fractions", "0.25",
+             "--no-upper-bound", "-f", "0", "-o", other, "-np", "1", "--pretrained-from", out]
+    listed = synthetic_env.run(adopt + ["--list"], training=False, **lever)
+    assert f"taken from {out}" in listed.stdout and not os.path.exists(other)
+    third = synthetic_env.run(adopt, timeout=900, **lever)
+    assert "$ nnunet_cl pretrain" not in third.stdout and "taken from" in third.stdout
+    assert "$ nnUNetv2_train" in third.stdout
+    folder = lambda root: os.path.join(root, "nnUNet_results", "Dataset990_Synth", "nnunet_cl")
+    source_files = sorted(os.listdir(os.path.join(folder(out), os.listdir(folder(out))[0])))
+    (adopted,) = os.listdir(folder(other))
+    assert sorted(os.listdir(os.path.join(folder(other), adopted))) == [f for f in source_files
+                                                                           if f != ".nnunet_cl.lock"]
+    checkpoint = lambda root: open(os.path.join(folder(root), adopted, "checkpoint_final.pth"), "rb").read()
+    assert checkpoint(other) == checkpoint(out)
+    rows = list(csv.DictReader(open(os.path.join(other, "results.csv"))))
+    assert {r["method"] for r in rows} == {method}
+
 
 def test_child_environment_carries_exactly_the_budget(monkeypatch):
     from nnunet_cl.ext_trainer import SHIM_DIR
@@ -298,6 +323,15 @@ def mismatched_test_folder(tmp_path):
     return ["--test-images", str(images), "--test-labels", str(labels)]
 
 
+def pinned_output(tmp_path, preset, dataset="Dataset990_Synth", **overrides):
+    """An earlier benchmark output: only its budget.json, as the benchmark pins it."""
+    other = tmp_path / "other"
+    bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget(preset, **overrides))
+    bench.output, bench.dataset_name = str(other), dataset
+    bench.pin_budget()
+    return str(other)
+
+
 BENCHMARK_BAD_INPUT = [
     ("fold that does not exist", lambda t: ["-f", "9"], ("fold 9 does not exist", "folds (0-")),
     ("unknown preset", lambda t: ["--preset", "gpu-fast"], ("unknown preset 'gpu-fast'", "cpu-plateau")),
@@ -309,6 +343,14 @@ BENCHMARK_BAD_INPUT = [
     ("processes 0", lambda t: ["-np", "0"], ("-np 0 must be an integer >= 1",)),
     ("plans that do not exist", lambda t: ["-p", "nnUNetResEncPlans"], ("has no plans 'nnUNetResEncPlans'",)),
     ("budget flag not a number", lambda t: ["--iters", "many"], ("--iters", "invalid int value: 'many'")),
+    ("pretrained-from not a benchmark output", lambda t: ["--pretrained-from", str(t)],
+     ("--pretrained-from", "is not a benchmark output")),
+    ("pretrained-from another pre-training budget", lambda t: ["--pretrained-from", pinned_output(t, "tiny",
+                                                                                                  pretrain_epochs=9)],
+     ("--pretrained-from", "another budget (differs in: pretrain_epochs)")),
+    ("pretrained-from another dataset", lambda t: ["--pretrained-from", pinned_output(t, "tiny",
+                                                                                      dataset="Dataset004_Hippocampus")],
+     ("--pretrained-from", "holds runs of Dataset004_Hippocampus, not of Dataset990_Synth")),
 ]
 
 

@@ -239,11 +239,16 @@ class FinetuneChoice:
         self.schedule_class = schedule_class_from_env()
         self.peak_lr = peak_lr_from_env()
 
-    def schedule(self, num_epochs: int, pretrained: bool, nnunet_lr: float) -> FinetuneSchedule:
+    def check_length(self, num_epochs: int, length_setting: str = "nnUNet_cl_num_epochs") -> None:
+        """The schedule fits a run of ``num_epochs`` (``length_setting``: what the user raises if not)."""
         cls = self.schedule_class
         if num_epochs < cls.min_epochs:
             raise NnunetClError(f"{SCHEDULE_ENV}={cls.name} needs at least {cls.min_epochs} epochs (one per phase), "
-                                f"this run has {num_epochs}; raise nnUNet_cl_num_epochs or choose another schedule")
+                                f"this run has {num_epochs}; raise {length_setting} or choose another schedule")
+
+    def schedule(self, num_epochs: int, pretrained: bool, nnunet_lr: float) -> FinetuneSchedule:
+        cls = self.schedule_class
+        self.check_length(num_epochs)
         peak = self.peak_lr if self.peak_lr is not None else cls.default_peak_lr(pretrained, nnunet_lr)
         return cls(num_epochs, peak)
 

@@ -17,6 +17,7 @@ that layer in this run (the network's own weight before loading; see :mod:`nnune
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 
@@ -34,10 +35,13 @@ ENCODER_PREFIX = "encoder."
 FINETUNE_LEVER_VARIABLES = (SCHEDULE_ENV, PEAK_LR_ENV, PARTS_ENV, RESET_ENV)
 
 
-def finetune_levers_from_env() -> dict:
-    """The fine-tuning levers set in the environment, ``{variable: value}``, each checked (one NnunetClError):
-    what a benchmark records to keep runs with different levers apart."""
-    FinetuneChoice()
+def finetune_levers_from_env(num_epochs: Optional[int] = None, length_setting: str = "nnUNet_cl_num_epochs") -> dict:
+    """The fine-tuning levers set in the environment, ``{variable: value}``, each checked (one NnunetClError), and
+    the schedule against a run length when ``num_epochs`` is given: what a benchmark records to keep runs with
+    different levers apart."""
+    choice = FinetuneChoice()
+    if num_epochs is not None:
+        choice.check_length(num_epochs, length_setting)
     pretrained_parts_from_env()
     weight_norm_reset_from_env()
     return {v: os.environ[v] for v in FINETUNE_LEVER_VARIABLES if os.environ.get(v)}

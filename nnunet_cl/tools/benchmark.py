@@ -29,23 +29,25 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import timedelta
 
-from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.atomic import TEMP_SUFFIX, atomic_write_json, current_umask, link_or_copy
 from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
-from nnunet_cl.folder_lock import FolderLock
+from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
 from nnunet_cl.splits import parse_fold
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_dataset import GENERATED_DATASET_NAME, BenchmarkDataset
 from nnunet_cl.tools.benchmark_evaluation import BenchmarkEvaluation
 from nnunet_cl.validation import positive_int
-from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, PRESETS, Budget, BenchmarkLayout, FinetuneRun,
-                                            PretrainJob, discover_families, fraction_label, make_budget, plan_runs,
-                                            pretrain_done, pretrain_resumable, run_state, training_done,
-                                            training_resumable)
+from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, NNUNET_EPOCHS, PRESETS,
+                                            PRETRAIN_BUDGET_FIELDS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
+                                            discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
+                                            pretrain_resumable, run_state, training_done, training_resumable)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -72,6 +74,10 @@ def add_benchmark_parser(subparsers) -> None:
     p.add_argument("--test-labels", default=None, help="their reference segmentations (CASE.nii.gz)")
     p.add_argument("-np", dest="processes", type=int, default=2,
                    help="processes for conversion, preprocessing and nnU-Net's export (default 2)")
+    p.add_argument("--pretrained-from", default=None, metavar="OTHER_OUTPUT",
+                   help="take finished pre-trainings from another benchmark output of the same dataset and "
+                        "pre-training budget instead of pre-training again (e.g. to compare fine-tuning levers, one "
+                        "output each); pre-trainings it does not have run here")
     p.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="echo the children's whole output")
     budget = p.add_argument_group("budget overrides (of the preset)")
@@ -103,13 +109,15 @@ class Benchmark:
         self.durations: dict = {"pretrain": [], "finetune": []}
         self.children = ChildProcesses(budget, args.processes, args.verbose)
         self.fingerprint = self.run_fingerprint()
+        self.source_layout = None       # --pretrained-from, once checked
 
     def run_fingerprint(self) -> dict:
         """What makes two runs comparable: the budget, and the fine-tuning levers (nnUNet_cl_finetune_schedule, ...)
         when any is set in the environment (the trainers read them from there; read once, when the benchmark
         starts)."""
         from nnunet_cl.trainers.pretrained_init import finetune_levers_from_env
-        levers = finetune_levers_from_env()
+        levers = finetune_levers_from_env(self.budget.finetune_epochs or NNUNET_EPOCHS,
+                                          f"{BUDGET_FLAGS['finetune_epochs']} of the benchmark")
         return dict(self.budget.fingerprint(), **({"finetune_levers": levers} if levers else {}))
 
     def check_budget(self) -> bool:
@@ -127,6 +135,50 @@ class Benchmark:
                                 "use another --output, or the same preset, overrides and nnUNet_cl_finetune_* / "
                                 "nnUNet_cl_pretrained_parts / nnUNet_cl_weight_norm_reset variables as before")
         return True
+
+    def check_pretrained_from(self):
+        """The layout of ``--pretrained-from`` (None when not given), after checking that its pre-trainings are
+        interchangeable with this benchmark's: same dataset, same pre-training budget."""
+        source = self.args.pretrained_from
+        if source is None:
+            return None
+        pinned_path = os.path.join(source, "budget.json")
+        if not os.path.isfile(pinned_path):
+            raise NnunetClError(f"--pretrained-from {source} is not a benchmark output (it has no budget.json); give "
+                                "the -o folder of an earlier nnunet_cl benchmark")
+        if os.path.realpath(source) == os.path.realpath(self.output):
+            raise NnunetClError(f"--pretrained-from {source} is this benchmark's own output; give another one")
+        with open(pinned_path) as f:
+            pinned = json.load(f)
+        if pinned.get("dataset") != self.dataset_name:
+            raise NnunetClError(f"--pretrained-from {source} holds runs of {pinned.get('dataset')}, not of "
+                                f"{self.dataset_name}")
+        differ = sorted(k for k in PRETRAIN_BUDGET_FIELDS if pinned.get("budget", {}).get(k) != self.fingerprint[k])
+        if differ:
+            raise NnunetClError(f"--pretrained-from {source} was pre-trained with another budget (differs in: "
+                                f"{', '.join(differ)}); use the same preset and --pretrain-* overrides as there")
+        return BenchmarkLayout(source, self.dataset_name, self.args.plans)
+
+    def adoptable(self, job: PretrainJob) -> bool:
+        """``--pretrained-from`` has this pre-training finished and this output has no run of it at all."""
+        return (self.source_layout is not None and pretrain_done(self.source_layout, job)
+                and not os.path.exists(os.path.dirname(self.layout.checkpoint(job))))
+
+    def adopt_pretraining(self, job: PretrainJob) -> None:
+        """Copy (hard links where possible) the finished pre-training folder of ``--pretrained-from``; the folder
+        appears at once (a temporary copy renamed), so an interruption leaves nothing half-copied."""
+        source = os.path.dirname(self.source_layout.checkpoint(job))
+        target = os.path.dirname(self.layout.checkpoint(job))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".", suffix=TEMP_SUFFIX,
+                               dir=os.path.dirname(target))
+        try:
+            shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=link_or_copy,
+                            ignore=shutil.ignore_patterns(LOCK_NAME, "." + "*" + TEMP_SUFFIX))
+            os.chmod(tmp, 0o777 & ~current_umask())
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def pin_budget(self) -> None:
         if not self.check_budget():
@@ -147,7 +199,7 @@ class Benchmark:
         if training_resumable(self.layout, run):
             args.append("--c")
         self.children.execute(args, f"{run.trainer}_fold{run.fold}", f"fine-tuning {run.label}",
-                              total_epochs=self.budget.finetune_epochs or 1000)
+                              total_epochs=self.budget.finetune_epochs or NNUNET_EPOCHS)
 
     # -------------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -164,6 +216,7 @@ class Benchmark:
         dataset.check_inputs()
         self.with_test = dataset.test_cases is not None
         self.check_budget()
+        self.source_layout = self.check_pretrained_from()
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
@@ -232,6 +285,11 @@ class Benchmark:
             if pretrain_done(self.layout, item):
                 print(f"{prefix} pre-training {item.label}: cached ({self.layout.checkpoint(item)})", flush=True)
                 return
+            if self.adoptable(item):
+                self.adopt_pretraining(item)
+                print(f"{prefix} pre-training {item.label}: taken from {self.source_layout.checkpoint(item)}",
+                      flush=True)
+                return
             print(f"{prefix} pre-training {item.label} | {self.timing(steps, index)}", flush=True)
             start = time.time()
             self.pretrain(item)
@@ -277,6 +335,7 @@ class Benchmark:
         for run in runs:
             if run.pretrain is not None and run.pretrain not in seen:
                 seen.add(run.pretrain)
-                state = "done" if pretrain_done(self.layout, run.pretrain) else "pending"
+                state = ("done" if pretrain_done(self.layout, run.pretrain) else
+                         f"taken from {self.source_layout.output}" if self.adoptable(run.pretrain) else "pending")
                 print(f"  pretrain {run.pretrain.label:<34} {state}")
             print(f"  finetune {run.label:<34} {run_state(self.layout, run, self.with_test):<9} {run.trainer}")

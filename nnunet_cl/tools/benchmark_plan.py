@@ -33,6 +33,9 @@ UPPER_BOUND_METHOD = REFERENCE_METHOD   # also run at 100 % labels, as the paper
 
 
 SELECTION_FIELDS = ("name", "folds", "methods", "fractions", "upper_bound", "print_summary")
+NNUNET_EPOCHS, NNUNET_ITERATIONS = 1000, 250       # nnUNetTrainer's num_epochs, num_iterations_per_epoch
+# What makes two pre-trainings interchangeable (nnunet_cl benchmark --pretrained-from).
+PRETRAIN_BUDGET_FIELDS = ("pretrain_epochs", "pretrain_iters_per_epoch", "pretrain_batch_size")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class Budget:
         ft = self.finetune_env()
         return (f"preset {self.name}: pre-training {self.pretrain_epochs} epochs x {self.pretrain_iters_per_epoch} "
                 f"iterations, batch {self.pretrain_batch_size}; fine-tuning "
-                f"{ft['nnUNet_cl_num_epochs'] or 1000} epochs x {ft['nnUNet_cl_num_iterations_per_epoch'] or 250} "
+                f"{ft['nnUNet_cl_num_epochs'] or NNUNET_EPOCHS} epochs x "
+                f"{ft['nnUNet_cl_num_iterations_per_epoch'] or NNUNET_ITERATIONS} "
                 f"iterations, batch {ft['nnUNet_cl_batch_size'] or 'from the plans'}, "
                 f"{ft['nnUNet_cl_num_val_iterations_per_epoch'] or 50} validation iterations per epoch; "
                 f"device {self.device}")
