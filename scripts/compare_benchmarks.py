@@ -58,9 +58,9 @@ def comparison_table(starts: list) -> str:
             continue
         result = compare(scores, reference)
         shared = "" if len(result.folds) == len(scores) else f" (folds {','.join(map(str, result.folds))})"
+        fold_interval = "–" if np.isnan(result.fold_low) else f"[{result.fold_low:+.2f}, {result.fold_high:+.2f}]"
         lines.append(f"| {label} | {' | '.join(per_fold)} | {mean:.2f} | {result.effect:+.2f}{shared} | "
-                     f"[{result.bootstrap_low:+.2f}, {result.bootstrap_high:+.2f}] | "
-                     f"[{result.fold_low:+.2f}, {result.fold_high:+.2f}] |")
+                     f"[{result.bootstrap_low:+.2f}, {result.bootstrap_high:+.2f}] | {fold_interval} |")
     return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,14 @@ def test_effect_and_intervals_against_the_reference(tmp_path):
     assert out.read_text() == proc.stdout
 
 
+def test_one_shared_fold_has_no_fold_interval_and_names_the_shared_folds(tmp_path):
+    write_start(tmp_path / "a", "nnUNetTrainerScratch_10pct", "scratch", {0: {"c1": 0.7}, 1: {"c2": 0.8}})
+    write_start(tmp_path / "b", "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.6}})
+    proc = run(f"scratch={tmp_path / 'a'}:nnUNetTrainerScratch_10pct", f"pcl={tmp_path / 'b'}:nnUNetTrainerPCLInit_10pct")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[3] == "| pcl | 60.00 | — | 60.00 | -10.00 | [-10.00, -10.00] | – |"
+
+
 @pytest.mark.parametrize("args, message", [
     (["scratch=somewhere"], "is not LABEL=OUTPUT:TRAINER"),
     (["x={a}:nnUNetTrainerScratch_10pct", "y={a}:nnUNetTrainerPCLInit_10pct"], "no validation metrics of "
