@@ -44,6 +44,7 @@ def load_start(output: str, trainer: str) -> dict:
 
 
 def comparison_table(starts: list) -> str:
+    from nnunet_cl.tools.benchmark_report import format_difference
     from nnunet_cl.tools.paired_stats import compare
     reference_label, reference = starts[0]
     folds = sorted({fold for _, scores in starts for fold in scores}, key=str)
@@ -56,11 +57,8 @@ def comparison_table(starts: list) -> str:
         if label == reference_label:
             lines.append(f"| {label} | {' | '.join(per_fold)} | {mean:.2f} | reference | | |")
             continue
-        result = compare(scores, reference)
-        shared = "" if len(result.folds) == len(scores) else f" (folds {','.join(map(str, result.folds))})"
-        fold_interval = "–" if np.isnan(result.fold_low) else f"[{result.fold_low:+.2f}, {result.fold_high:+.2f}]"
-        lines.append(f"| {label} | {' | '.join(per_fold)} | {mean:.2f} | {result.effect:+.2f}{shared} | "
-                     f"[{result.bootstrap_low:+.2f}, {result.bootstrap_high:+.2f}] | {fold_interval} |")
+        difference = format_difference(compare(scores, reference), list(scores), digits=2)
+        lines.append(f"| {label} | {' | '.join(per_fold)} | {mean:.2f} | {' | '.join(difference)} |")
     return "\n".join(lines) + "\n"
 
 

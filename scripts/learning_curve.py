@@ -32,7 +32,6 @@ import sys
 import time
 
 
-
 def fold_folder(output: str, steps: int, dataset: str, trainer: str, fold: int, one_run: bool = False) -> str:
     run = "one_run" if one_run else f"steps_{steps}"
     return os.path.join(output, run, "nnUNet_results", dataset, f"{trainer}__nnUNetPlans__2d", f"fold_{fold}")

@@ -137,15 +137,15 @@ def paired_to_reference(rows: list) -> "OrderedDict":
     return paired
 
 
-def format_difference(result, folds_of_cell: list) -> list:
-    """The three paired cells of a table row: Δ, bootstrap interval, fold interval."""
+def format_difference(result, folds_of_cell: list, digits: int = 1) -> list:
+    """The three paired cells of a table row: Δ, bootstrap interval, fold interval (``digits`` decimals)."""
     if result is None:
         return [f"no {REFERENCE_METHOD} run", "–", "–"]
     partial = "" if len(result.folds) == len(folds_of_cell) else f" (folds {','.join(map(str, result.folds))})"
     fold_interval = ("–" if math.isnan(result.fold_low)
-                     else f"[{result.fold_low:+.1f}, {result.fold_high:+.1f}]")
-    return [f"{result.effect:+.1f}{partial}", f"[{result.bootstrap_low:+.1f}, {result.bootstrap_high:+.1f}]",
-            fold_interval]
+                     else f"[{result.fold_low:+.{digits}f}, {result.fold_high:+.{digits}f}]")
+    return [f"{result.effect:+.{digits}f}{partial}",
+            f"[{result.bootstrap_low:+.{digits}f}, {result.bootstrap_high:+.{digits}f}]", fold_interval]
 
 
 # ---------------------------------------------------------------------------------------------- markdown
