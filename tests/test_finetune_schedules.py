@@ -213,6 +213,29 @@ def test_decoder_only_phase_keeps_the_encoder_then_trains_it(synthetic_context, 
     assert all(p.requires_grad for p in trainer.network.parameters())
 
 
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerPCLInit_10pct", "nnUNetTrainerScratch_10pct"])
+def test_frozen_probe_never_trains_the_start(synthetic_context, tmp_path, monkeypatch, trainer_name):
+    """frozen: nnU-Net's poly lr, and the loaded encoder (scratch: its random one) stays as it started through
+    every epoch while the decoder learns."""
+    monkeypatch.setenv("nnUNet_cl_pretrained_checkpoint", other_checkpoint(synthetic_context, tmp_path))
+    monkeypatch.setenv(SCHEDULE_ENV, "frozen")
+    monkeypatch.setenv("nnUNet_cl_num_epochs", "10")
+    trainer = make_trainer(synthetic_context, trainer_name)
+    trainer.initialize()
+    encoder = parameters_under(trainer.network, ("encoder.",))
+    decoder_only = [p for n, p in trainer.network.named_parameters() if n.startswith(("decoder.stages.",
+                                                                                      "decoder.transpconvs."))]
+    batch = fake_batch(trainer)
+    start_encoder, start_decoder = snapshot(encoder), snapshot(decoder_only)
+    for epoch in (0, 5, 9):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 - epoch / 10) ** 0.9)
+        trainer.train_step(batch)
+    assert unchanged(encoder, start_encoder)
+    assert moved(decoder_only, start_decoder)
+
+
 def test_init_trainer_loads_only_the_encoder_when_asked(synthetic_context, tmp_path, monkeypatch):
     prefixes = ("encoder.", "decoder.transpconvs.0.", "decoder.stages.0.")
     path = other_checkpoint(synthetic_context, tmp_path, method="jcl", prefixes=prefixes)
