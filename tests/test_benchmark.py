@@ -271,12 +271,16 @@ def test_tiny_benchmark_end_to_end_and_resume(synthetic_env, tmp_path):
              "--no-upper-bound", "-f", "0", "-o", other, "-np", "1", "--pretrained-from", out]
     listed = synthetic_env.run(adopt + ["--list"], training=False, **lever)
     assert f"taken from {out}" in listed.stdout and not os.path.exists(other)
+    folder = lambda root: os.path.join(root, "nnUNet_results", "Dataset990_Synth", "nnunet_cl")
+    (pretraining,) = [name for name in os.listdir(folder(out)) if not name.startswith(".")]
+    stale = os.path.join(folder(other), f".{pretraining}.k1ll3d.tmp")      # an adoption killed mid-copy
+    os.makedirs(stale)
+    open(os.path.join(stale, "checkpoint_final.pth"), "w").close()
     third = synthetic_env.run(adopt, timeout=900, **lever)
     assert "$ nnunet_cl pretrain" not in third.stdout and "taken from" in third.stdout
     assert "$ nnUNetv2_train" in third.stdout
-    folder = lambda root: os.path.join(root, "nnUNet_results", "Dataset990_Synth", "nnunet_cl")
     source_files = sorted(os.listdir(os.path.join(folder(out), os.listdir(folder(out))[0])))
-    (adopted,) = os.listdir(folder(other))
+    (adopted,) = os.listdir(folder(other))            # the stale copy is gone
     assert sorted(os.listdir(os.path.join(folder(other), adopted))) == [f for f in source_files
                                                                            if f != ".nnunet_cl.lock"]
     checkpoint = lambda root: open(os.path.join(folder(root), adopted, "checkpoint_final.pth"), "rb").read()
