@@ -17,12 +17,12 @@ loss, augmentation.
                    trainers freeze what they loaded; scratch freezes the encoder) with a linear warm-up over
                    2.5 % of the epochs and a poly decay over the next 2.5 %, then the whole network warms up
                    linearly over 5 %, then poly. Same peaks as ``warmup``.
-``frozen``         a probe of the start's features, not a recipe: nnU-Net's SGD and poly, and the parts the
-                   trainer loaded (scratch: its random encoder) stay frozen for the whole run, so only the
-                   rest learns on top of them (the frozen-feature evaluation of self-supervised learning).
 ``adam``           the seed papers' fine-tuning codes (SuperCL, MACL; PCL's use lower lrs): Adam (betas 0.9,
                    0.999, eps 1e-8), weight decay 1e-5, lr 5e-4 annealed per epoch by a cosine to 1 % of it
                    (5e-6) at the end of the run; the same for pre-trained and random starts.
+``frozen``         a probe of the start's features, not a recipe: nnU-Net's SGD and poly, and the parts the
+                   trainer loaded (scratch: its random encoder) stay frozen for the whole run, so only the
+                   rest learns on top of them (the frozen-feature evaluation of self-supervised learning).
 
 Phase lengths are ``max(1, round(fraction * num_epochs))`` epochs.
 """
@@ -194,8 +194,8 @@ class AdamCosineSchedule(FinetuneSchedule):
                 f"{self.peak_lr * ADAM_FINAL_LR_FRACTION:g} over {self.num_epochs} epochs")
 
 
-SCHEDULES = {cls.name: cls for cls in (StockSchedule, WarmupSchedule, DecoderFirstSchedule, FrozenStartSchedule,
-                                       AdamCosineSchedule)}
+SCHEDULES = {cls.name: cls for cls in (StockSchedule, WarmupSchedule, DecoderFirstSchedule, AdamCosineSchedule,
+                                       FrozenStartSchedule)}
 
 
 class EpochLRScheduler(_LRScheduler):
