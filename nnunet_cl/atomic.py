@@ -41,10 +41,14 @@ def atomic_target(path: str):
 
 
 def remove_stale_temps(folder: str) -> list:
-    """Delete the temp files that interrupted atomic writes left in ``folder``; returns their names."""
+    """Delete the temps that interrupted atomic writes (files) or copies (folders, e.g. a benchmark's adoption of
+    a pre-training) left in ``folder``; returns their names."""
     removed = []
     for stale in sorted(glob.glob(os.path.join(glob.escape(folder), "." + "*" + TEMP_SUFFIX))):
-        os.remove(stale)
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale)
+        else:
+            os.remove(stale)
         removed.append(os.path.basename(stale))
     return removed
 

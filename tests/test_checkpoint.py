@@ -94,7 +94,10 @@ def test_interrupted_atomic_write_leaves_only_a_temp_that_remove_stale_temps_del
             os.link(tmp, stale)                            # what a SIGKILL here would leave behind
             raise KeyboardInterrupt
     assert path.read_bytes() == b"old"
-    assert remove_stale_temps(str(tmp_path)) == [stale.name]
+    copy = tmp_path / ".pcl__nnUNetPlans__2d.killed.tmp"    # a folder copy killed midway (benchmark adoption)
+    copy.mkdir()
+    (copy / "checkpoint_final.pth").write_bytes(b"half")
+    assert remove_stale_temps(str(tmp_path)) == sorted([stale.name, copy.name])
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_latest.pth", "keep.tmp"]
 
 

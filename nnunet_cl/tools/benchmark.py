@@ -26,7 +26,6 @@ Every run's results live in ``OUTPUT/nnUNet_results`` (never in your own ``$nnUN
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shlex
@@ -37,7 +36,7 @@ import tempfile
 import time
 from datetime import timedelta
 
-from nnunet_cl.atomic import TEMP_SUFFIX, atomic_write_json, current_umask, link_or_copy
+from nnunet_cl.atomic import TEMP_SUFFIX, atomic_write_json, current_umask, link_or_copy, remove_stale_temps
 from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
 from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
 from nnunet_cl.splits import parse_fold
@@ -171,11 +170,9 @@ class Benchmark:
         source = os.path.dirname(self.source_layout.checkpoint(job))
         target = os.path.dirname(self.layout.checkpoint(job))
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        prefix = "." + os.path.basename(target) + "."
-        stale_pattern = os.path.join(glob.escape(os.path.dirname(target)), glob.escape(prefix) + "*" + TEMP_SUFFIX)
-        for stale in glob.glob(stale_pattern):          # left by an adoption that was killed mid-copy
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=os.path.dirname(target))
+        remove_stale_temps(os.path.dirname(target))    # left by adoptions killed mid-copy (this output is locked)
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".", suffix=TEMP_SUFFIX,
+                               dir=os.path.dirname(target))
         try:
             shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=link_or_copy,
                             ignore=shutil.ignore_patterns(LOCK_NAME, "." + "*" + TEMP_SUFFIX))
