@@ -17,9 +17,9 @@ import os
 
 import torch
 
-from nnunet_cl.checkpoint import load_checkpoint
+from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
+from nnunet_cl.nnunet_context import load_dataset_context
 from nnunet_cl.trainers.weight_norm import convolutions_of_keys
 
 
@@ -31,12 +31,11 @@ def parse_finetuned(text: str) -> tuple:
     return label, path
 
 
-def pretrained_convs(network, checkpoint: dict) -> dict:
-    """``{conv name: pre-trained weight}`` for the convs under the checkpoint's prefixes."""
-    prefixes = tuple(checkpoint["pretrained_prefixes"])
-    weights = {k: v for k, v in checkpoint["network_weights"].items() if k.startswith(prefixes)}
-    network.load_state_dict(weights, strict=False)
-    return {name: conv.weight.detach().clone() for name, conv in convolutions_of_keys(network, weights).items()}
+def pretrained_convs(network, checkpoint: dict, path: str) -> dict:
+    """``{conv name: pre-trained weight}`` for the convs under the checkpoint's prefixes (loaded as an Init trainer
+    loads them, with its checks of the architecture)."""
+    loaded = load_pretrained_part(network, checkpoint, path)
+    return {name: conv.weight.detach().clone() for name, conv in convolutions_of_keys(network, loaded).items()}
 
 
 def finetuned_state(path: str) -> dict:
@@ -91,11 +90,7 @@ def main(argv=None) -> None:
     context = load_dataset_context(args.dataset, args.plans, args.configuration)
     network = context.build_network()
     checkpoint = load_checkpoint(args.pretrained)
-    if checkpoint["architecture_fingerprint"] != architecture_fingerprint(network):
-        raise NnunetClError(f"{args.pretrained} was pre-trained for another architecture than "
-                            f"{context.dataset_name}'s plans {args.plans!r}; pass the dataset and plans it was "
-                            "pre-trained with")
-    start = pretrained_convs(network, checkpoint)
+    start = pretrained_convs(network, checkpoint, args.pretrained)
     columns = [(label, drift(network, start, finetuned_state(path), path)) for label, path in finetuned]
     print(f"{checkpoint['method']} start: {os.path.abspath(args.pretrained)}")
     for label, path in finetuned:
