@@ -160,11 +160,11 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
     pin()                                                 # the same levers: fine
     monkeypatch.setenv("nnUNet_cl_weight_norm_reset", "1")
-    with pytest.raises(NnunetClError, match="finetune_levers"):
+    with pytest.raises(NnunetClError, match=r"differs in: nnUNet_cl_weight_norm_reset \(0 there, 1 now\)\)"):
         pin()
     monkeypatch.delenv("nnUNet_cl_weight_norm_reset")
     monkeypatch.delenv("nnUNet_cl_finetune_schedule")     # no lever set against a folder made with one
-    with pytest.raises(NnunetClError, match="finetune_levers"):
+    with pytest.raises(NnunetClError, match=r"nnUNet_cl_finetune_schedule \(warmup there, stock now\)"):
         pin()
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "decoder_first")    # 4 phases; this budget has 2 epochs
     with pytest.raises(NnunetClError, match="decoder_first needs at least 4 epochs .* 2; raise --epochs of the benchmark"):
@@ -173,8 +173,42 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_cl_finetune_schedule")
     unpinned = tmp_path / "plain"
     unpinned.mkdir()
-    pin(unpinned)                                         # no lever: the same budget.json as before levers existed
-    assert "finetune_levers" not in json.loads((unpinned / "budget.json").read_text())["budget"]
+    pin(unpinned)
+    pinned = json.loads((unpinned / "budget.json").read_text())["budget"]
+    assert "finetune_levers" not in pinned
+    assert pinned["finetune_defaults"]["nnUNet_cl_finetune_schedule"] == "stock"
+    monkeypatch.setenv("nnUNet_cl_pretrained_parts", "all")   # a lever set to the default it was made under
+    pin(unpinned)
+    assert json.loads((unpinned / "budget.json").read_text())["budget"] == pinned     # kept as it was
+
+
+def test_an_output_made_under_other_lever_defaults_is_not_continued_with_the_new_ones(tmp_path, monkeypatch):
+    """Changing a trainer default (say, encoder-only loading) must not mix runs made under both defaults in one
+    output; setting the old default explicitly continues it."""
+    import nnunet_cl.trainers.pretrained_init as pretrained_init
+    for variable in ("nnUNet_cl_finetune_schedule", "nnUNet_cl_finetune_peak_lr", "nnUNet_cl_pretrained_parts",
+                     "nnUNet_cl_weight_norm_reset"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def pin():
+        bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
+        bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+        bench.pin_budget()
+
+    pin()
+    legacy = json.loads((tmp_path / "budget.json").read_text())
+    del legacy["budget"]["finetune_defaults"]            # as written before the defaults were pinned
+    (tmp_path / "budget.json").write_text(json.dumps(legacy))
+    pin()                                                 # made under today's defaults: continues
+    assert json.loads((tmp_path / "budget.json").read_text()) == legacy
+    defaults = pretrained_init.finetune_lever_defaults()
+    monkeypatch.setattr(pretrained_init, "finetune_lever_defaults",
+                        lambda: dict(defaults, nnUNet_cl_pretrained_parts="encoder"))
+    with pytest.raises(NnunetClError, match=r"differs in: nnUNet_cl_pretrained_parts \(all there, encoder now\)"):
+        pin()
+    monkeypatch.setenv("nnUNet_cl_pretrained_parts", "all")
+    pin()
+    assert json.loads((tmp_path / "budget.json").read_text()) == legacy
 
 
 def test_the_report_names_the_levers_the_benchmark_pinned_not_the_environment_of_the_moment(tmp_path, monkeypatch):

@@ -25,12 +25,13 @@ from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, pretraining_folder
 from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
-from nnunet_cl.trainers.finetune_schedules import PEAK_LR_ENV, SCHEDULE_ENV, FinetuneChoice
+from nnunet_cl.trainers.finetune_schedules import DEFAULT_SCHEDULE, PEAK_LR_ENV, SCHEDULE_ENV, FinetuneChoice
 from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms, weight_norm_reset_from_env
 
 CHECKPOINT_ENV = "nnUNet_cl_pretrained_checkpoint"
 PARTS_ENV = "nnUNet_cl_pretrained_parts"
 PARTS = ("all", "encoder")
+DEFAULT_PARTS = "all"
 ENCODER_PREFIX = "encoder."
 FINETUNE_LEVER_VARIABLES = (SCHEDULE_ENV, PEAK_LR_ENV, PARTS_ENV, RESET_ENV)
 
@@ -47,9 +48,15 @@ def finetune_levers_from_env(num_epochs: Optional[int] = None, length_setting: s
     return {v: os.environ[v] for v in FINETUNE_LEVER_VARIABLES if os.environ.get(v)}
 
 
+def finetune_lever_defaults() -> dict:
+    """What the trainers use for each lever variable left unset, ``{variable: value}``: a benchmark pins it with
+    its budget, so that one output never mixes runs made under two versions of the defaults."""
+    return {SCHEDULE_ENV: DEFAULT_SCHEDULE, PEAK_LR_ENV: "the schedule's", PARTS_ENV: DEFAULT_PARTS, RESET_ENV: "0"}
+
+
 def pretrained_parts_from_env() -> str:
     """``nnUNet_cl_pretrained_parts``: "all" (unset) or "encoder"."""
-    parts = os.environ.get(PARTS_ENV) or "all"
+    parts = os.environ.get(PARTS_ENV) or DEFAULT_PARTS
     if parts not in PARTS:
         raise NnunetClError(f"{PARTS_ENV}={parts!r} must be 'all' (every part the method pre-trained, the default) "
                             f"or 'encoder' (only the encoder)")

@@ -98,6 +98,17 @@ def run_benchmark(args) -> None:
     Benchmark(args, budget).run()
 
 
+LEVER_FIELDS = {"finetune_levers", "finetune_defaults"}
+# budget.json files written before the defaults were pinned were all made under these
+DEFAULTS_BEFORE_PINNING = {"nnUNet_cl_finetune_schedule": "stock", "nnUNet_cl_finetune_peak_lr": "the schedule's",
+                           "nnUNet_cl_pretrained_parts": "all", "nnUNet_cl_weight_norm_reset": "0"}
+
+
+def resolved_levers(fingerprint: dict) -> dict:
+    """``{lever variable: value a trainer uses}`` of a budget fingerprint: the set value, else the default."""
+    return dict(fingerprint.get("finetune_defaults", DEFAULTS_BEFORE_PINNING), **fingerprint.get("finetune_levers", {}))
+
+
 # ---------------------------------------------------------------------------------------------- runner
 class Benchmark:
     """The loop: prepare the dataset, then pre-train / fine-tune / evaluate step by step, skipping what is done."""
@@ -112,28 +123,34 @@ class Benchmark:
         self.source_layout = None       # --pretrained-from, once checked
 
     def run_fingerprint(self) -> dict:
-        """What makes two runs comparable: the budget, and the fine-tuning levers (nnUNet_cl_finetune_schedule, ...)
-        when any is set in the environment (the trainers read them from there; read once, when the benchmark
-        starts)."""
-        from nnunet_cl.trainers.pretrained_init import finetune_levers_from_env
+        """What makes two runs comparable: the budget, the fine-tuning levers (nnUNet_cl_finetune_schedule, ...)
+        set in the environment (the trainers read them from there; read once, when the benchmark starts), and
+        the defaults the trainers apply to the levers left unset."""
+        from nnunet_cl.trainers.pretrained_init import finetune_lever_defaults, finetune_levers_from_env
         levers = finetune_levers_from_env(self.budget.finetune_epochs or NNUNET_EPOCHS,
                                           f"{BUDGET_FLAGS['finetune_epochs']} of the benchmark")
-        return dict(self.budget.fingerprint(), **({"finetune_levers": levers} if levers else {}))
+        return dict(self.budget.fingerprint(), **({"finetune_levers": levers} if levers else {}),
+                    finetune_defaults=finetune_lever_defaults())
 
     def check_budget(self) -> bool:
-        """True when OUTPUT/budget.json pins this budget already; an error when it pins another one."""
+        """True when OUTPUT/budget.json pins this budget already; an error when it pins another one. The levers
+        compare as the trainers resolve them (set value, else default), so a run that sets a lever to the
+        default an output was made under continues it."""
         path = os.path.join(self.output, "budget.json")
         if not os.path.isfile(path):
             return False
-        fingerprint = self.fingerprint
         with open(path) as f:
-            pinned = json.load(f)
-        if pinned.get("budget") != fingerprint:
-            before = pinned.get("budget", {})
-            changed = sorted(k for k in set(fingerprint) | set(before) if before.get(k) != fingerprint.get(k))
+            before = json.load(f).get("budget", {})
+        now = self.fingerprint
+        changed = sorted(k for k in (set(now) | set(before)) - LEVER_FIELDS if before.get(k) != now.get(k))
+        resolved_before, resolved_now = resolved_levers(before), resolved_levers(now)
+        changed += [f"{v} ({resolved_before.get(v)} there, {resolved_now.get(v)} now)"
+                    for v in sorted(set(resolved_before) | set(resolved_now))
+                    if resolved_before.get(v) != resolved_now.get(v)]
+        if changed:
             raise NnunetClError(f"{self.output} holds runs made with another budget (differs in: {', '.join(changed)}); "
                                 "use another --output, or the same preset, overrides and nnUNet_cl_finetune_* / "
-                                "nnUNet_cl_pretrained_parts / nnUNet_cl_weight_norm_reset variables as before")
+                                "nnUNet_cl_pretrained_parts / nnUNet_cl_weight_norm_reset values as before")
         return True
 
     def check_pretrained_from(self):
