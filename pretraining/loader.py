@@ -3,6 +3,8 @@
 ``nnUNet_n_proc_DA`` worker processes (nnU-Net's variable, read with nnU-Net's own
 ``get_allowed_n_proc_DA``: its default, capped at the CPU count; 0 = batches are made in the training
 process), a bounded queue (``PREFETCH_PER_WORKER`` batches per worker in flight), pinned memory on CUDA.
+A worker's batch travels pickled through the DataLoader's pipe (:class:`PipedBatch`), not through torch's
+shared memory.
 
 The loader is torch's ``DataLoader`` over a map-style dataset whose item ``i`` is the batch of iteration
 ``i`` (``method.begin_iteration(i)``, then ``method.make_batch``), drawn from random generators seeded with
@@ -111,6 +113,31 @@ class IterationBatches(Dataset):
                 f"(cases drawn for it: {', '.join(drawn) if drawn else 'none yet'}): " + " ".join(what.split()))
 
 
+class PipedBatch:
+    """A batch made in a worker, on its way to the training process: its tensors travel as numpy arrays pickled
+    into the DataLoader's pipe. torch's default moves every tensor into a shared-memory segment of its own and
+    hands over one file descriptor per tensor (a socket round trip in both processes); for batches of well under
+    a megabyte copying them through the pipe is cheaper (README, Speed). A tensor of a dtype numpy lacks
+    (bfloat16) keeps torch's way."""
+
+    def __init__(self, batch: dict):
+        self.items = {key: tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor
+                      for key, tensor in batch.items()}
+
+    def unpack(self) -> dict:
+        return {key: torch.from_numpy(item) if isinstance(item, np.ndarray) else item
+                for key, item in self.items.items()}
+
+    def pin_memory(self) -> dict:
+        """Called by the DataLoader's pin-memory thread (CUDA): the unpacked batch in pinned memory."""
+        return {key: tensor.pin_memory() for key, tensor in self.unpack().items()}
+
+
+def pipe_in_worker(item):
+    """``collate_fn`` of the workers: a batch becomes a :class:`PipedBatch`; a :class:`BatchFailure` stays."""
+    return PipedBatch(item) if isinstance(item, dict) else item
+
+
 def start_worker(parent_pid: int, worker_id: int) -> None:
     """``worker_init_fn``: die with the training process (Linux: the kernel sends SIGKILL when it dies)."""
     if sys.platform.startswith("linux"):
@@ -133,6 +160,7 @@ class BatchLoader:
             context = multiprocessing.get_context("fork")
         self.loader = DataLoader(self.dataset, batch_size=None, sampler=iterations, num_workers=self.workers,
                                  pin_memory=pin_memory, prefetch_factor=PREFETCH_PER_WORKER if self.workers else None,
+                                 collate_fn=pipe_in_worker if self.workers else None,
                                  worker_init_fn=functools.partial(start_worker, os.getpid()),
                                  multiprocessing_context=context,
                                  # its own generator: creating the loader must not draw from torch's global one
@@ -157,7 +185,7 @@ class BatchLoader:
         if isinstance(batch, BatchFailure):
             self.close()
             raise NnunetClError(batch.message)
-        return batch
+        return batch.unpack() if isinstance(batch, PipedBatch) else batch
 
     def close(self) -> None:
         """Stop the workers (dropping the DataLoader's iterator shuts them down)."""

@@ -53,6 +53,32 @@ def test_workers_and_resume_give_the_in_process_batches(synthetic_context, one_t
                 assert torch.equal(got[key], expected[key]), key
 
 
+def test_a_workers_batch_comes_through_the_pipe_not_shared_memory(synthetic_context, one_torch_thread):
+    trainer = engine("pcl")
+    loader = BatchLoader(trainer.method, trainer.slices, BATCH, seed=3, rank=0, first_iteration=0, epochs=EPOCHS,
+                         iters_per_epoch=ITERS, workers=1)
+    batch = next(loader)
+    loader.close()
+    # torch's own transfer would hand over shared-memory tensors
+    assert batch.keys() == {"views", "positions"} and not any(t.is_shared() for t in batch.values())
+
+
+def test_piped_batch_keeps_values_and_dtypes_and_pins_on_cuda(monkeypatch):
+    from torch.utils.data._utils.pin_memory import pin_memory as dataloader_pin_memory
+    from nnunet_cl.pretraining.loader import PipedBatch
+    batch = {"views": torch.randn(2, 1, 3, 4)[..., ::2], "labels": torch.tensor([[0, 3]], dtype=torch.int64),
+             "mask": torch.tensor([True, False]), "half": torch.randn(3).to(torch.bfloat16)}
+    import pickle
+    unpacked = pickle.loads(pickle.dumps(PipedBatch(batch))).unpack()
+    assert unpacked.keys() == batch.keys()
+    for key in batch:
+        assert unpacked[key].dtype == batch[key].dtype and torch.equal(unpacked[key], batch[key]), key
+    # the DataLoader's pin-memory thread (CUDA runs) pins the unpacked tensors; no GPU here, so pinning is faked
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self.clone().fill_(1), raising=True)
+    pinned = dataloader_pin_memory(PipedBatch(batch))
+    assert pinned.keys() == batch.keys() and all(bool((t == 1).all()) for t in pinned.values())
+
+
 def test_making_batches_leaves_the_global_generators_alone(synthetic_context, one_torch_thread):
     trainer = engine("simclr")
     torch_state, numpy_state = torch.get_rng_state(), __import__("numpy").random.get_state()[1].copy()
