@@ -24,9 +24,10 @@ Per row, after ``--warmup`` untimed iterations, the median over ``--repeats`` it
   ``--loader-workers`` background processes (default 0, 1, 2): per count, ``--loader-rounds`` rounds
   (interleaved over the counts, each with a fresh loader whose start-up and first ``warmup`` batches are
   not timed) of ``--loader-batches`` batches (more than the step repeats: a round of a few batches
-  is dominated by the queue's start-up); the median round. **N / 0 workers** is the ratio of those medians
-  for the largest count. **iteration**: median wall time of fetching the next batch plus the step, with
-  the batch made in the training process (batch + step) and with the largest worker count, the loader
+  is dominated by the queue's start-up); the median round. **N / 0 workers**: per round the ratio of the
+  largest count's rate to the smallest's, median over rounds (paired: the counts of one round run back to
+  back, so a drift of the machine's speed over the run cancels). **iteration**: median wall time of
+  fetching the next batch plus the step, with the batch made in the training process (batch + step) and with the largest worker count, the loader
   working in the background while the network trains.
 * **superpixels** (methods with SLIC parameters, when the SuperCL module is installed): SLIC time per
   slice for building the cache, timed on ``--cache-cases`` cases (the cache itself is not touched).
@@ -269,7 +270,8 @@ def loader_columns(loader, engine, device, worker_counts, rounds: int, warmup: i
         batches.close()
     medians = {workers: statistics.median(values) for workers, values in rates.items()}
     return {"loader_batches_per_s": medians, "loader_rounds": rates, "loader_most_workers": most,
-            "loader_speedup": medians[most] / medians[min(worker_counts)],
+            "loader_speedup": statistics.median(fast / slow for fast, slow in zip(rates[most],
+                                                                                   rates[min(worker_counts)])),
             "iteration_overlapped_s": statistics.median(iteration_times)}
 
 
@@ -314,8 +316,8 @@ def format_table(rows: list, header: list) -> str:
               "outside the U-Net's modules (forward only) / step; batch: time to produce one batch in the training "
               "process (methods: the engine's loader with 0 workers; supervised: nnU-Net's loader with its "
               "augmentation, in-process); loader: batches/s of the engine's loader alone per worker count (median "
-              "of rounds) and the ratio of the largest count to the smallest; iteration: next batch + step, with the "
-              "batch made in-process (batch + step) and by the largest number of background workers; "
+              "of rounds) and the ratio of the largest count to the smallest (per round, median over rounds); "
+              "iteration: next batch + step, with the batch made in-process (batch + step) and by the largest number of background workers; "
               "superpixels: SLIC per slice when building the SuperCL cache."]
     return "\n".join(lines) + "\n"
 
