@@ -27,8 +27,8 @@ Per row, after ``--warmup`` untimed iterations, the median over ``--repeats`` it
   is dominated by the queue's start-up); the median round. **N / 0 workers**: per round the ratio of the
   largest count's rate to the smallest's, median over rounds (paired: the counts of one round run back to
   back, so a drift of the machine's speed over the run cancels). **iteration**: median wall time of
-  fetching the next batch plus the step, with the batch made in the training process (batch + step) and with the largest worker count, the loader
-  working in the background while the network trains.
+  fetching the next batch plus the step, with the batch made in the training process (batch + step) and
+  with the largest worker count, the loader working in the background while the network trains.
 * **superpixels** (methods with SLIC parameters, when the SuperCL module is installed): SLIC time per
   slice for building the cache, timed on ``--cache-cases`` cases (the cache itself is not touched).
 
