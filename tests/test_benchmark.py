@@ -212,15 +212,21 @@ def test_an_output_made_under_other_lever_defaults_is_not_continued_with_the_new
 
 
 def test_the_report_names_the_levers_the_benchmark_pinned_not_the_environment_of_the_moment(tmp_path, monkeypatch):
+    for variable in ("nnUNet_cl_finetune_peak_lr", "nnUNet_cl_pretrained_parts", "nnUNet_cl_weight_norm_reset"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "warmup")
     bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
     monkeypatch.setenv("nnUNet_cl_finetune_schedule", "adam")
     evaluation = BenchmarkEvaluation(None, bench.budget, BenchmarkLayout(str(tmp_path), "Dataset990_Synth"), SYNTH_ID,
-                                     {}, bench.children, levers=bench.fingerprint.get("finetune_levers"))
+                                     {}, bench.children, budget_fingerprint=bench.fingerprint)
     (line,) = [h for h in evaluation.report_header([]) if h.startswith("- fine-tuning levers")]
-    assert line == "- fine-tuning levers: {'nnUNet_cl_finetune_schedule': 'warmup'}"
-    plain = BenchmarkEvaluation(None, bench.budget, evaluation.layout, SYNTH_ID, {}, bench.children)
-    assert "- fine-tuning levers: none set (nnU-Net recipe)" in plain.report_header([])
+    assert line == ("- fine-tuning levers: nnUNet_cl_finetune_schedule=warmup; defaults: nnUNet_cl_finetune_peak_lr "
+                    "the schedule's, nnUNet_cl_pretrained_parts all, nnUNet_cl_weight_norm_reset 0")
+    legacy = {k: v for k, v in bench.fingerprint.items() if k not in ("finetune_levers", "finetune_defaults")}
+    plain = BenchmarkEvaluation(None, bench.budget, evaluation.layout, SYNTH_ID, {}, bench.children,
+                                budget_fingerprint=legacy)     # a budget.json from before levers were pinned
+    assert ("- fine-tuning levers: none set; defaults: nnUNet_cl_finetune_schedule stock, nnUNet_cl_finetune_peak_lr "
+            "the schedule's, nnUNet_cl_pretrained_parts all, nnUNet_cl_weight_norm_reset 0") in plain.report_header([])
 
 
 def test_dataset_helpers(tmp_path):

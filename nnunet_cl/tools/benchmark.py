@@ -44,7 +44,7 @@ from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_dataset import GENERATED_DATASET_NAME, BenchmarkDataset
 from nnunet_cl.tools.benchmark_evaluation import BenchmarkEvaluation
 from nnunet_cl.validation import positive_int
-from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, NNUNET_EPOCHS, PRESETS,
+from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, LEVER_FIELDS, resolved_levers, DEFAULT_FRACTIONS, NNUNET_EPOCHS, PRESETS,
                                             PRETRAIN_BUDGET_FIELDS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
                                             discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
                                             pretrain_resumable, run_state, training_done, training_resumable)
@@ -96,17 +96,6 @@ def run_benchmark(args) -> None:
         raise NnunetClError("--test-images and --test-labels go together (a test folder needs its labels)")
     positive_int(args.processes, "-np")
     Benchmark(args, budget).run()
-
-
-LEVER_FIELDS = {"finetune_levers", "finetune_defaults"}
-# budget.json files written before the defaults were pinned were all made under these
-DEFAULTS_BEFORE_PINNING = {"nnUNet_cl_finetune_schedule": "stock", "nnUNet_cl_finetune_peak_lr": "the schedule's",
-                           "nnUNet_cl_pretrained_parts": "all", "nnUNet_cl_weight_norm_reset": "0"}
-
-
-def resolved_levers(fingerprint: dict) -> dict:
-    """``{lever variable: value a trainer uses}`` of a budget fingerprint: the set value, else the default."""
-    return dict(fingerprint.get("finetune_defaults", DEFAULTS_BEFORE_PINNING), **fingerprint.get("finetune_levers", {}))
 
 
 # ---------------------------------------------------------------------------------------------- runner
@@ -253,7 +242,7 @@ class Benchmark:
         dataset.prepare()
         self.evaluation = BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id,
                                               dataset.dataset_json(), self.children, dataset.test_cases,
-                                              levers=self.fingerprint.get("finetune_levers"))
+                                              budget_fingerprint=self.fingerprint)
         for method, fraction in missing:
             print(f"note: {method} has no trainer for {fraction_label(fraction)} labels; that cell is left out")
         steps = self.steps(runs)

@@ -18,14 +18,16 @@ from datetime import datetime
 
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.tools.benchmark_children import ChildProcesses
-from nnunet_cl.tools.benchmark_plan import Budget, BenchmarkLayout, FinetuneRun, run_state
+from nnunet_cl.tools.benchmark_plan import Budget, BenchmarkLayout, FinetuneRun, resolved_levers, run_state
 
 
 class BenchmarkEvaluation:
     def __init__(self, args, budget: Budget, layout: BenchmarkLayout, dataset_id: int, dataset_json: dict,
-                 children: ChildProcesses, test_cases=None, levers=None):
+                 children: ChildProcesses, test_cases=None, *, budget_fingerprint: dict):
         self.args = args
-        self.levers = levers          # the fine-tuning levers the benchmark pinned (None: nnU-Net's recipe)
+        # the fine-tuning levers as the benchmark pinned them: set in its environment, and defaults
+        self.levers = resolved_levers(budget_fingerprint)
+        self.levers_set = set(budget_fingerprint.get("finetune_levers", {}))
         self.budget = budget
         self.layout = layout
         self.dataset_id = dataset_id
@@ -106,9 +108,15 @@ class BenchmarkEvaluation:
                 f"- date: {datetime.now():%Y-%m-%d %H:%M} (this report); runs finished: {finished}/{len(runs)}",
                 f"- machine: {machine_description()}; torch {torch.__version__}",
                 f"- budget: {self.budget.describe()}",
-                f"- fine-tuning levers: {self.levers or 'none set (nnU-Net recipe)'}",
+                f"- fine-tuning levers: {self.levers_line()}",
                 f"- validation: nnU-Net's 5-fold split (splits_final.json), folds "
                 f"{', '.join(str(f) for f in self.budget.folds)}; labelled subsets as the _10pct/_25pct trainers"]
+
+
+    def levers_line(self) -> str:
+        chosen = [f"{v}={value}" for v, value in self.levers.items() if v in self.levers_set]
+        defaults = [f"{v} {value}" for v, value in self.levers.items() if v not in self.levers_set]
+        return (", ".join(chosen) or "none set") + "; defaults: " + (", ".join(defaults) or "none")
 
 
 def machine_description() -> str:

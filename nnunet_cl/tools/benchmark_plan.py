@@ -38,6 +38,16 @@ NNUNET_EPOCHS, NNUNET_ITERATIONS = 1000, 250       # nnUNetTrainer's num_epochs,
 PRETRAIN_BUDGET_FIELDS = ("pretrain_epochs", "pretrain_iters_per_epoch", "pretrain_batch_size")
 
 
+LEVER_FIELDS = {"finetune_levers", "finetune_defaults"}
+# budget.json files written before the defaults were pinned were all made under these
+DEFAULTS_BEFORE_PINNING = {"nnUNet_cl_finetune_schedule": "stock", "nnUNet_cl_finetune_peak_lr": "the schedule's",
+                           "nnUNet_cl_pretrained_parts": "all", "nnUNet_cl_weight_norm_reset": "0"}
+
+
+def resolved_levers(fingerprint: dict) -> dict:
+    """``{lever variable: value a trainer uses}`` of a budget fingerprint: the set value, else the default."""
+    return dict(fingerprint.get("finetune_defaults", DEFAULTS_BEFORE_PINNING), **fingerprint.get("finetune_levers", {}))
+
 @dataclass(frozen=True)
 class Budget:
     """Training budget of every run of one benchmark. ``None``: nnU-Net's own value (plans / 1000 epochs)."""
