@@ -94,6 +94,7 @@ def weight_norm_reset_of_a_transposed_conv(env, tmp):
     checkpoint["pretrained_prefixes"] = ["encoder.", "decoder.transpconvs.0.", "decoder.stages.0."]
     save_checkpoint(checkpoint, path)
     return init_training("nnUNetTrainerJCLInit_10pct"), {"nnUNet_cl_pretrained_checkpoint": path,
+                                                        "nnUNet_cl_pretrained_parts": "all",
                                                         "nnUNet_cl_weight_norm_reset": "1"}
 
 
@@ -153,7 +154,7 @@ CASES = [
                                                      {"nnUNet_cl_finetune_schedule": "decoder_first"}),
      ("decoder_first needs at least 4 epochs", "nnUNet_cl_num_epochs")),
     ("unknown pretrained parts", lambda e, t: (init_training(), {"nnUNet_cl_pretrained_parts": "decoder"}),
-     ("nnUNet_cl_pretrained_parts='decoder' must be 'all'",)),
+     ("nnUNet_cl_pretrained_parts='decoder' must be 'encoder'",)),
     ("weight-norm reset not 0/1", lambda e, t: (init_training(), {"nnUNet_cl_weight_norm_reset": "yes"}),
      ("nnUNet_cl_weight_norm_reset='yes' must be 1",)),
     ("weight-norm reset of a layer without normalisation", weight_norm_reset_of_a_transposed_conv,

@@ -177,37 +177,36 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     pinned = json.loads((unpinned / "budget.json").read_text())["budget"]
     assert "finetune_levers" not in pinned
     assert pinned["finetune_defaults"]["nnUNet_cl_finetune_schedule"] == "stock"
-    monkeypatch.setenv("nnUNet_cl_pretrained_parts", "all")   # a lever set to the default it was made under
+    monkeypatch.setenv("nnUNet_cl_pretrained_parts", "encoder")   # a lever set to the default it was made under
     pin(unpinned)
     assert json.loads((unpinned / "budget.json").read_text())["budget"] == pinned     # kept as it was
 
 
 def test_an_output_made_under_other_lever_defaults_is_not_continued_with_the_new_ones(tmp_path, monkeypatch):
-    """Changing a trainer default (say, encoder-only loading) must not mix runs made under both defaults in one
-    output; setting the old default explicitly continues it."""
-    import nnunet_cl.trainers.pretrained_init as pretrained_init
+    """A changed trainer default (encoder-only loading; budget.json files written before the defaults were
+    pinned were made loading everything) must not mix runs made under both in one output; setting the old
+    value explicitly continues it."""
     for variable in ("nnUNet_cl_finetune_schedule", "nnUNet_cl_finetune_peak_lr", "nnUNet_cl_pretrained_parts",
                      "nnUNet_cl_weight_norm_reset"):
         monkeypatch.delenv(variable, raising=False)
 
-    def pin():
+    def pin(output):
         bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
-        bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+        bench.output, bench.dataset_name = str(output), "Dataset990_Synth"
         bench.pin_budget()
 
-    pin()
-    legacy = json.loads((tmp_path / "budget.json").read_text())
+    today = tmp_path / "today"
+    today.mkdir()
+    pin(today)
+    pin(today)                                            # made under today's defaults: continues
+    legacy = json.loads((today / "budget.json").read_text())
+    assert legacy["budget"]["finetune_defaults"]["nnUNet_cl_pretrained_parts"] == "encoder"
     del legacy["budget"]["finetune_defaults"]            # as written before the defaults were pinned
     (tmp_path / "budget.json").write_text(json.dumps(legacy))
-    pin()                                                 # made under today's defaults: continues
-    assert json.loads((tmp_path / "budget.json").read_text()) == legacy
-    defaults = pretrained_init.finetune_lever_defaults()
-    monkeypatch.setattr(pretrained_init, "finetune_lever_defaults",
-                        lambda: dict(defaults, nnUNet_cl_pretrained_parts="encoder"))
     with pytest.raises(NnunetClError, match=r"differs in: nnUNet_cl_pretrained_parts \(all there, encoder now\)"):
-        pin()
+        pin(tmp_path)
     monkeypatch.setenv("nnUNet_cl_pretrained_parts", "all")
-    pin()
+    pin(tmp_path)
     assert json.loads((tmp_path / "budget.json").read_text()) == legacy
 
 
@@ -221,7 +220,7 @@ def test_the_report_names_the_levers_the_benchmark_pinned_not_the_environment_of
                                      {}, bench.children, budget_fingerprint=bench.fingerprint)
     (line,) = [h for h in evaluation.report_header([]) if h.startswith("- fine-tuning levers")]
     assert line == ("- fine-tuning levers: nnUNet_cl_finetune_schedule=warmup; defaults: nnUNet_cl_finetune_peak_lr "
-                    "the schedule's, nnUNet_cl_pretrained_parts all, nnUNet_cl_weight_norm_reset 0")
+                    "the schedule's, nnUNet_cl_pretrained_parts encoder, nnUNet_cl_weight_norm_reset 0")
     legacy = {k: v for k, v in bench.fingerprint.items() if k not in ("finetune_levers", "finetune_defaults")}
     plain = BenchmarkEvaluation(None, bench.budget, evaluation.layout, SYNTH_ID, {}, bench.children,
                                 budget_fingerprint=legacy)     # a budget.json from before levers were pinned

@@ -236,13 +236,16 @@ def test_frozen_probe_never_trains_the_start(synthetic_context, tmp_path, monkey
     assert moved(decoder_only, start_decoder)
 
 
-def test_init_trainer_loads_only_the_encoder_when_asked(synthetic_context, tmp_path, monkeypatch):
+def test_init_trainer_loads_only_the_encoder_unless_asked_for_all(synthetic_context, tmp_path, monkeypatch):
     prefixes = ("encoder.", "decoder.transpconvs.0.", "decoder.stages.0.")
     path = other_checkpoint(synthetic_context, tmp_path, method="jcl", prefixes=prefixes)
     source = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
     monkeypatch.setenv("nnUNet_cl_pretrained_checkpoint", path)
-    for parts, loaded_prefixes in (("all", prefixes), ("encoder", ("encoder.",))):
-        monkeypatch.setenv("nnUNet_cl_pretrained_parts", parts)
+    for parts, loaded_prefixes in (("all", prefixes), ("encoder", ("encoder.",)), (None, ("encoder.",))):
+        if parts is None:                                            # unset: the default
+            monkeypatch.delenv("nnUNet_cl_pretrained_parts")
+        else:
+            monkeypatch.setenv("nnUNet_cl_pretrained_parts", parts)
         trainer = make_trainer(synthetic_context, "nnUNetTrainerJCLInit")
         trainer.initialize()
         assert trainer.decoder_phase_frozen_prefixes() == loaded_prefixes

@@ -22,7 +22,7 @@ def test_trainers_command_lists_every_generated_trainer_once():
             suffix = {1.0: "", 0.1: "_10pct", 0.25: "_25pct"}[fraction]
             line = lines[f"nnUNetTrainer{method.trainer_name}Init{suffix}"]
             assert line.split()[1:4] == [method.name, f"{fraction * 100:g}", "%"], line
-            assert line.split()[4] == "nnU-Net" and "nnunet_cl/" + method.name in line, line
+            assert line.split()[4] == "nnU-Net" and "loads the encoder of nnunet_cl/" + method.name in line, line
     assert "semi_local_frac25_fold<fold>__<plans>__2d/checkpoint_final.pth" in lines["nnUNetTrainerSemiLocalInit_25pct"]
     intra = lines["nnUNetTrainerPseudoLabelCLIntra_10pct"]
     assert "pseudo-label CL (intra)" in intra and "loads nothing" in intra

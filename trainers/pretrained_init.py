@@ -8,8 +8,9 @@ keep nnU-Net's fresh initialisation. The checkpoint is looked up at
 
 unless ``nnUNet_cl_pretrained_checkpoint`` names a file.
 
-``nnUNet_cl_pretrained_parts=encoder`` loads only the encoder of a checkpoint whose method also trained
-decoder blocks (JCL, semi_local); ``all`` (default) loads every prefix the method trained.
+``nnUNet_cl_pretrained_parts``: ``encoder`` (default) loads only the encoder of a checkpoint, also of the
+methods that pre-trained decoder blocks too (JCL, semi_local: their decoder start cost 1-2 DSC points after
+2800 fine-tuning steps and 25-30 after 700; README Results); ``all`` loads every prefix the method trained.
 ``nnUNet_cl_weight_norm_reset=1`` rescales every loaded conv weight to the norm nnU-Net's initialisation gave
 that layer in this run (the network's own weight before loading; see :mod:`nnunet_cl.trainers.weight_norm`).
 """
@@ -31,7 +32,7 @@ from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale
 CHECKPOINT_ENV = "nnUNet_cl_pretrained_checkpoint"
 PARTS_ENV = "nnUNet_cl_pretrained_parts"
 PARTS = ("all", "encoder")
-DEFAULT_PARTS = "all"
+DEFAULT_PARTS = "encoder"
 ENCODER_PREFIX = "encoder."
 FINETUNE_LEVER_VARIABLES = (SCHEDULE_ENV, PEAK_LR_ENV, PARTS_ENV, RESET_ENV)
 
@@ -55,11 +56,11 @@ def finetune_lever_defaults() -> dict:
 
 
 def pretrained_parts_from_env() -> str:
-    """``nnUNet_cl_pretrained_parts``: "all" (unset) or "encoder"."""
+    """``nnUNet_cl_pretrained_parts``: "encoder" (unset) or "all"."""
     parts = os.environ.get(PARTS_ENV) or DEFAULT_PARTS
     if parts not in PARTS:
-        raise NnunetClError(f"{PARTS_ENV}={parts!r} must be 'all' (every part the method pre-trained, the default) "
-                            f"or 'encoder' (only the encoder)")
+        raise NnunetClError(f"{PARTS_ENV}={parts!r} must be 'encoder' (only the encoder, the default) or 'all' "
+                            f"(every part the method pre-trained, e.g. JCL's decoder blocks too)")
     return parts
 
 
@@ -95,7 +96,7 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
 
     @classmethod
     def initialisation(cls) -> str:
-        return f"pretrained_prefixes of nnunet_cl/{cls.checkpoint_folder_name()}__<plans>__2d/{PRETRAINED_CHECKPOINT}"
+        return f"the encoder of nnunet_cl/{cls.checkpoint_folder_name()}__<plans>__2d/{PRETRAINED_CHECKPOINT}"
 
     def pretrained_checkpoint_path(self) -> str:
         if os.environ.get(CHECKPOINT_ENV):
@@ -129,7 +130,7 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
         prefixes = selected_prefixes(checkpoint["pretrained_prefixes"], self.pretrained_parts)
         if not prefixes:
             raise NnunetClError(f"{PARTS_ENV}={self.pretrained_parts}: {path} pre-trained no encoder part (its prefixes: "
-                                f"{checkpoint['pretrained_prefixes']}); unset {PARTS_ENV}")
+                                f"{checkpoint['pretrained_prefixes']}); set {PARTS_ENV}=all")
         initial_norms = conv_weight_norms(network)     # nnU-Net's initialisation of this very network
         loaded = load_pretrained_part(network, checkpoint, path, expected_method=self.pretraining_method,
                                       prefixes=prefixes)

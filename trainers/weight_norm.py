@@ -82,7 +82,7 @@ def check_followed_by_normalisation(network: nn.Module, convs: dict) -> None:
             raise NnunetClError(
                 f"{RESET_ENV}=1 cannot rescale {name} ({type(conv).__name__}): it is followed by {what}, not by an "
                 f"instance / group normalisation, so rescaling would change the network's output; load only the "
-                f"encoder (nnUNet_cl_pretrained_parts=encoder) or unset {RESET_ENV}")
+                f"encoder (nnUNet_cl_pretrained_parts=encoder, the default) or unset {RESET_ENV}")
 
 
 @torch.no_grad()
