@@ -207,7 +207,9 @@ def test_pretrain_records_encoder_and_k_decoder_blocks(synthetic_env, jcl_checkp
 
 
 @pytest.mark.integration
-def test_init_trainer_loads_exactly_the_pretrained_prefixes(synthetic_context, jcl_checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("parts", ["all", None])
+def test_init_trainer_loads_exactly_the_pretrained_prefixes_or_by_default_the_encoder(synthetic_context, jcl_checkpoint,
+                                                                                      tmp_path, monkeypatch, parts):
     from nnunet_cl.checkpoint import save_checkpoint
     from nnunet_cl.trainers import nnUNetTrainerJCLInit
 
@@ -217,15 +219,21 @@ def test_init_trainer_loads_exactly_the_pretrained_prefixes(synthetic_context, j
     shifted = str(tmp_path / "shifted.pth")
     save_checkpoint(checkpoint, shifted)
     monkeypatch.setenv("nnUNet_cl_pretrained_checkpoint", shifted)
+    if parts is None:
+        monkeypatch.delenv("nnUNet_cl_pretrained_parts", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_cl_pretrained_parts", parts)
 
     plans = dict(copy.deepcopy(synthetic_context.plans), continue_training=False)  # as run_training passes them
     trainer = nnUNetTrainerJCLInit(plans, "2d", 1, synthetic_context.dataset_json, device=torch.device("cpu"))
     trainer.initialize()
     loaded = trainer.network.state_dict()
     source = checkpoint["network_weights"]
-    pretrained = [k for k in loaded if k.startswith(DEFAULT_PREFIXES) or k.startswith("decoder.encoder.")]
+    prefixes = DEFAULT_PREFIXES if parts == "all" else ("encoder.",)
+    pretrained = [k for k in loaded if k.startswith(prefixes) or k.startswith("decoder.encoder.")]
     fresh = [k for k in loaded if k not in pretrained]
     assert any(k.startswith("decoder.stages.2.") for k in fresh) and any(".seg_layers." in k for k in fresh)
+    assert any(k.startswith("decoder.stages.0.") for k in (pretrained if parts == "all" else fresh))
     for key in pretrained:            # decoder.encoder.* are aliases of encoder.* (same tensors)
         assert torch.equal(loaded[key], source[key]), key
     for key in fresh:
@@ -239,7 +247,9 @@ def test_finetune_with_jcl_init_10pct(synthetic_env, jcl_checkpoint):
                       **synthetic_env.ext_trainer())
     folder = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_0")
     log = training_log(folder)
-    assert "nnunet_cl: loaded" in log and "'decoder.stages.1.'" in log and "(method jcl)" in log
+    # by default only the encoder; the decoder blocks the method trained are named as not loaded
+    assert "nnunet_cl: loaded" in log and "under ['encoder.']" in log and "(method jcl)" in log
+    assert "nnUNet_cl_pretrained_parts=encoder, not loaded: [" in log and "'decoder.stages.1.'" in log
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
 
 

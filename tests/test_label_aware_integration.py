@@ -57,10 +57,10 @@ def test_semi_local_pretraining_then_init_trainer(synthetic_env, semi_local_chec
 
     trainer = "nnUNetTrainerSemiLocalInit_10pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
-                      nnUNet_cl_num_threads=1, **synthetic_env.ext_trainer())
+                      nnUNet_cl_num_threads=1, nnUNet_cl_pretrained_parts="all", **synthetic_env.ext_trainer())
     folder = fold_dir(synthetic_env, trainer)
     log = training_log(folder)
-    assert "nnunet_cl: loaded" in log and "'decoder.stages.', 'decoder.transpconvs.'" in log
+    assert "nnunet_cl: loaded" in log and "under ['encoder.', 'decoder.stages.', 'decoder.transpconvs.']" in log
     finetuned = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
                            weights_only=False)["network_weights"]
     pretrained = checkpoint["network_weights"]
