@@ -44,10 +44,11 @@ from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_dataset import GENERATED_DATASET_NAME, BenchmarkDataset
 from nnunet_cl.tools.benchmark_evaluation import BenchmarkEvaluation
 from nnunet_cl.validation import positive_int
-from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, LEVER_FIELDS, resolved_levers, DEFAULT_FRACTIONS, NNUNET_EPOCHS, PRESETS,
+from nnunet_cl.tools.benchmark_plan import (BUDGET_FLAGS, DEFAULT_FRACTIONS, LEVER_FIELDS, NNUNET_EPOCHS, PRESETS,
                                             PRETRAIN_BUDGET_FIELDS, Budget, BenchmarkLayout, FinetuneRun, PretrainJob,
                                             discover_families, fraction_label, make_budget, plan_runs, pretrain_done,
-                                            pretrain_resumable, run_state, training_done, training_resumable)
+                                            pretrain_resumable, resolved_levers, run_state, training_done,
+                                            training_resumable)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
