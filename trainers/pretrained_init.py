@@ -1,7 +1,7 @@
 """Fine-tuning trainers that start from a pre-trained nnunet-cl checkpoint.
 
-``nnUNetTrainer<Method>Init`` loads only the keys the checkpoint lists as pre-trained (the encoder for
-instance-level methods; encoder + first decoder blocks for JCL ...). Decoder and segmentation layers
+``nnUNetTrainer<Method>Init`` loads the encoder part of the keys the checkpoint lists as pre-trained (all
+of them with ``nnUNet_cl_pretrained_parts=all``, e.g. JCL's first decoder blocks too). The other layers
 keep nnU-Net's fresh initialisation. The checkpoint is looked up at
 
     $nnUNet_results/<Dataset>/nnunet_cl/<method folder>__<plans>__<configuration>/checkpoint_final.pth
@@ -9,8 +9,8 @@ keep nnU-Net's fresh initialisation. The checkpoint is looked up at
 unless ``nnUNet_cl_pretrained_checkpoint`` names a file.
 
 ``nnUNet_cl_pretrained_parts``: ``encoder`` (default) loads only the encoder of a checkpoint, also of the
-methods that pre-trained decoder blocks too (JCL, semi_local: their decoder start cost 1-2 DSC points after
-2800 fine-tuning steps and 25-30 after 700; README Results); ``all`` loads every prefix the method trained.
+methods that pre-trained decoder blocks too (JCL, semi_local; JCL's decoder start cost 1.2 DSC points after
+2800 fine-tuning steps, README Results); ``all`` loads every prefix the method trained.
 ``nnUNet_cl_weight_norm_reset=1`` rescales every loaded conv weight to the norm nnU-Net's initialisation gave
 that layer in this run (the network's own weight before loading; see :mod:`nnunet_cl.trainers.weight_norm`).
 """

@@ -112,7 +112,6 @@ class BenchmarkEvaluation:
                 f"- validation: nnU-Net's 5-fold split (splits_final.json), folds "
                 f"{', '.join(str(f) for f in self.budget.folds)}; labelled subsets as the _10pct/_25pct trainers"]
 
-
     def levers_line(self) -> str:
         chosen = [f"{v}={value}" for v, value in self.levers.items() if v in self.levers_set]
         defaults = [f"{v} {value}" for v, value in self.levers.items() if v not in self.levers_set]

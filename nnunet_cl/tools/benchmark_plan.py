@@ -48,6 +48,7 @@ def resolved_levers(fingerprint: dict) -> dict:
     """``{lever variable: value a trainer uses}`` of a budget fingerprint: the set value, else the default."""
     return dict(fingerprint.get("finetune_defaults", DEFAULTS_BEFORE_PINNING), **fingerprint.get("finetune_levers", {}))
 
+
 @dataclass(frozen=True)
 class Budget:
     """Training budget of every run of one benchmark. ``None``: nnU-Net's own value (plans / 1000 epochs)."""

@@ -317,7 +317,8 @@ def format_table(rows: list, header: list) -> str:
               "process (methods: the engine's loader with 0 workers; supervised: nnU-Net's loader with its "
               "augmentation, in-process); loader: batches/s of the engine's loader alone per worker count (median "
               "of rounds) and the ratio of the largest count to the smallest (per round, median over rounds); "
-              "iteration: next batch + step, with the batch made in-process (batch + step) and by the largest number of background workers; "
+              "iteration: next batch + step, with the batch made in-process (batch + step) and by the largest "
+              "number of background workers; "
               "superpixels: SLIC per slice when building the SuperCL cache."]
     return "\n".join(lines) + "\n"
 
