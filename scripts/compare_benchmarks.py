@@ -8,6 +8,10 @@ effect with both 95 % intervals of :mod:`nnunet_cl.tools.paired_stats` (cases, s
 
     python scripts/compare_benchmarks.py scratch=../bench/scratch:nnUNetTrainerScratch_10pct \
         pcl_warmup=../bench/pcl_warmup:nnUNetTrainerPCLInit_10pct -o comparison.md
+
+``--curve PNG`` also draws the effects as curves over a numeric setting (e.g. pre-training steps): every
+start but the reference is then labelled ``SERIES@X`` (``supercl@250=...``), one line per series, the cases
+interval as error bars, the reference at 0.
 """
 
 from __future__ import annotations
@@ -62,11 +66,58 @@ def comparison_table(starts: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curve_points(starts: list) -> dict:
+    """``{series: [(x, effect, cases low, cases high), ...]}`` (sorted by x) of the starts after the reference,
+    whose labels are ``SERIES@X``."""
+    from nnunet_cl.tools.paired_stats import compare
+    _, reference = starts[0]
+    series = {}
+    for label, scores in starts[1:]:
+        name, sep, x_text = label.rpartition("@")
+        try:
+            x = float(x_text)
+        except ValueError:
+            x = None
+        if not (sep and name) or x is None:
+            raise NnunetClError(f"--curve needs every start but the reference labelled SERIES@X with a number X "
+                                f"(e.g. supercl@250=OUTPUT:TRAINER), not {label!r}")
+        result = compare(scores, reference)
+        series.setdefault(name, []).append((x, result.effect, result.bootstrap_low, result.bootstrap_high))
+    return {name: sorted(points) for name, points in series.items()}
+
+
+def draw_curve(points: dict, reference_label: str, x_label: str, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nnunet_cl.atomic import atomic_target
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(0.0, color="grey", linewidth=1, label=reference_label)
+    for name, rows in points.items():
+        x, effect, low, high = (np.array(column) for column in zip(*rows))
+        ax.errorbar(x, effect, yerr=[effect - low, high - effect], marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    settings = sorted({row[0] for rows in points.values() for row in rows})
+    ax.set_xticks(settings, [f"{x:g}" for x in settings])
+    ax.minorticks_off()
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(f"Δ validation DSC vs {reference_label} (points)")
+    ax.set_title("paired Δ, 95 % interval over cases", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("starts", nargs="+", metavar="LABEL=OUTPUT:TRAINER",
                         help="the first is the reference")
     parser.add_argument("-o", "--output", help="also write the table to this markdown file")
+    parser.add_argument("--curve", metavar="PNG", help="also draw Δ against X of the labels SERIES@X (see above)")
+    parser.add_argument("--curve-x", default="pre-training steps", help="x axis title of --curve")
     args = parser.parse_args(argv)
     try:
         if len(args.starts) < 2:
@@ -77,6 +128,7 @@ def main(argv=None) -> None:
             raise NnunetClError(f"labels must differ: {', '.join(labels)}")
         starts = [(label, load_start(output, trainer)) for label, output, trainer in parsed]
         table = comparison_table(starts)
+        points = curve_points(starts) if args.curve else None
     except NnunetClError as error:
         print(f"compare_benchmarks: {error.message}", file=sys.stderr)
         sys.exit(1)
@@ -84,6 +136,8 @@ def main(argv=None) -> None:
     if args.output:
         with open(args.output, "w") as f:
             f.write(table)
+    if points is not None:
+        draw_curve(points, labels[0], args.curve_x, args.curve)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """scripts/compare_benchmarks.py: paired Δ between runs kept in different benchmark outputs."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -62,3 +63,41 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     proc = run(*[a.format(a=tmp_path / "a") for a in args], *([] if len(args) > 1 else ["y=b:c"]))
     assert proc.returncode == 1
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_curve_draws_each_series_against_its_setting(tmp_path):
+    reference = {0: {"c1": 0.70, "c2": 0.80}, 1: {"c3": 0.60}}
+    write_start(tmp_path / "ref", "nnUNetTrainerScratch_10pct", "scratch", reference)
+    shifted = {}
+    for steps, shift in ((250, 0.01), (1000, 0.03), (4000, -0.02)):
+        shifted[steps] = {f: {c: v + shift for c, v in cases.items()} for f, cases in reference.items()}
+        write_start(tmp_path / f"s{steps}", "nnUNetTrainerSuperCLInit_10pct", "supercl", shifted[steps])
+    png = tmp_path / "curve.png"
+    # the starts are given out of order: the curve sorts each series by its setting
+    proc = run(f"scratch={tmp_path / 'ref'}:nnUNetTrainerScratch_10pct",
+               *(f"supercl@{s}={tmp_path / f's{s}'}:nnUNetTrainerSuperCLInit_10pct" for s in (4000, 250, 1000)),
+               "--curve", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spec = importlib.util.spec_from_file_location("compare_benchmarks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    starts = [("scratch", module.load_start(str(tmp_path / "ref"), "nnUNetTrainerScratch_10pct"))]
+    starts += [(f"supercl@{s}", module.load_start(str(tmp_path / f"s{s}"), "nnUNetTrainerSuperCLInit_10pct"))
+               for s in (4000, 250, 1000)]
+    (name, points), = module.curve_points(starts).items()
+    assert name == "supercl"
+    assert [p[0] for p in points] == [250.0, 1000.0, 4000.0]
+    # every case shifted alike: the effect is the shift and the cases interval has no width
+    for (_, effect, low, high), shift in zip(points, (1.0, 3.0, -2.0)):
+        assert effect == pytest.approx(shift) and low == pytest.approx(shift) and high == pytest.approx(shift)
+
+
+def test_curve_refuses_a_label_without_its_setting_before_drawing(tmp_path):
+    write_start(tmp_path / "a", "nnUNetTrainerScratch_10pct", "scratch", {0: {"c1": 0.7}})
+    write_start(tmp_path / "b", "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.6}})
+    png = tmp_path / "curve.png"
+    proc = run(f"scratch={tmp_path / 'a'}:nnUNetTrainerScratch_10pct", f"pcl@many={tmp_path / 'b'}:"
+               "nnUNetTrainerPCLInit_10pct", "--curve", str(png))
+    assert proc.returncode == 1 and not png.exists()
+    assert "labelled SERIES@X" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
