@@ -245,6 +245,8 @@ def test_dataset_helpers(tmp_path):
     (labels / "b.nii.gz").write_text("")
     assert check_test_folder(str(images), str(labels), ".nii.gz") == ["a", "b"]
     assert progress_line("2026-01-01 10:00:00.123: Epoch 4", 20, 0).startswith("epoch 5/20")
+    assert (progress_line("2026-01-01 10:00:00.123: Pseudo dice [np.float32(0.8249), np.float32(0.7632)]", 20, 0)
+            == "Pseudo dice [0.8249, 0.7632]")
 
 
 def rows_for(method, fraction, fold, dscs, hd95s):

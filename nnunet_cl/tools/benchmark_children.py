@@ -99,8 +99,10 @@ class ChildProcesses:
 
 
 def progress_line(line: str, total_epochs, start: float) -> str:
-    """nnU-Net's "<time>: Epoch 3" -> "epoch 4/20 (0:01:10)"; other lines without their timestamp."""
+    """nnU-Net's "<time>: Epoch 3" -> "epoch 4/20 (0:01:10)"; other lines without their timestamp and with numpy
+    scalars shown as numbers ("[np.float32(0.82)]" -> "[0.82]", nnU-Net's pseudo Dice under numpy 2)."""
     match = re.search(r": Epoch (\d+)\s*$", line)
     if match:
         return f"epoch {int(match.group(1)) + 1}/{total_epochs or '?'} ({timedelta(seconds=round(time.time() - start))})"
-    return re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?: ", "", line)
+    line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?: ", "", line)
+    return re.sub(r"np\.float(?:16|32|64)\(([^()]*)\)", r"\1", line)
