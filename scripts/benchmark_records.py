@@ -1,0 +1,148 @@
+"""Keep the results of an ``nnunet_cl benchmark`` output without its checkpoints, and continue from them elsewhere.
+
+A benchmark output is mostly checkpoints and predictions (hundreds of MB); its results are a few small
+files. ``save`` copies those (the *records*) into a folder small enough for git; ``restore`` puts them into
+an output on another machine, where ``nnunet_cl benchmark`` with the same command then counts the recorded
+runs as finished and runs only the rest; ``check`` says whether pre-trainings made again there have the
+same weights as the recorded ones (pre-training is deterministic for a seed, data and device at one torch
+thread, README "determinism").
+
+    python scripts/benchmark_records.py save    OUTPUT RECORDS
+    python scripts/benchmark_records.py restore RECORDS OUTPUT
+    python scripts/benchmark_records.py check   RECORDS OUTPUT
+
+Records, as paths relative to the output: ``budget.json``, ``results.md``, ``results.csv``, the per-case
+metrics ``metrics/<trainer>/fold_X_<split>.csv``, the runs' logs ``logs/*.log``, nnU-Net's
+``fold_X/validation/summary.json`` of every finished run (what the benchmark checks to skip a run), and
+``pretrained_weights.json``: a SHA-256 of the network weights of every pre-trained ``checkpoint_final.pth``.
+``restore`` never overwrites: a recorded file that exists in the output with other content is refused
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+from nnunet_cl.atomic import atomic_write_json
+from nnunet_cl.errors import NnunetClError
+
+RECORD_PATTERNS = ("budget.json", "results.md", "results.csv", "metrics/*/*.csv", "logs/*.log",
+                   "nnUNet_results/*/*/fold_*/validation/summary.json")
+PRETRAINED_PATTERN = "nnUNet_results/*/*/checkpoint_final.pth"
+DIGESTS = "pretrained_weights.json"
+
+
+def record_files(output: str) -> list:
+    """Paths (relative to ``output``) of the records it holds."""
+    found = {os.path.relpath(path, output) for pattern in RECORD_PATTERNS
+             for path in glob.glob(os.path.join(output, pattern))}
+    return sorted(found)
+
+
+def weights_digest(checkpoint_path: str) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a checkpoint's ``network_weights``."""
+    import torch
+    weights = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["network_weights"]
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def pretrained_digests(output: str) -> dict:
+    return {os.path.relpath(path, output): weights_digest(path)
+            for path in sorted(glob.glob(os.path.join(output, PRETRAINED_PATTERN)))}
+
+
+def require_folder(path: str, what: str) -> None:
+    if not os.path.isdir(path):
+        raise NnunetClError(f"{what} {path} is not a folder; give an nnunet_cl benchmark output folder (-o OUTPUT)"
+                            if what == "output" else f"{what} {path} is not a folder; make it with "
+                            "'benchmark_records.py save OUTPUT RECORDS'")
+
+
+def save(output: str, records: str) -> list:
+    require_folder(output, "output")
+    files = record_files(output)
+    if "budget.json" not in files:
+        raise NnunetClError(f"{output} has no budget.json: not an nnunet_cl benchmark output")
+    for relative in files:
+        target = os.path.join(records, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(os.path.join(output, relative), target)
+    atomic_write_json(pretrained_digests(output), os.path.join(records, DIGESTS))
+    return files
+
+
+def restore(records: str, output: str) -> list:
+    require_folder(records, "records")
+    files = record_files(records)
+    if "budget.json" not in files:
+        raise NnunetClError(f"{records} has no budget.json: not a folder written by 'benchmark_records.py save'")
+    conflicts = [f for f in files if os.path.exists(os.path.join(output, f))
+                 and not filecmp.cmp(os.path.join(records, f), os.path.join(output, f), shallow=False)]
+    if conflicts:
+        raise NnunetClError(f"{os.path.join(output, conflicts[0])} exists with other content ({len(conflicts)} such "
+                            "files): restore into a new output folder, or move that one away first")
+    copied = []
+    for relative in files:
+        target = os.path.join(output, relative)
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(os.path.join(records, relative), target)
+            copied.append(relative)
+    return copied
+
+
+def check(records: str, output: str) -> list:
+    """``(checkpoint, state)`` per recorded pre-training: same / differs / missing."""
+    path = os.path.join(records, DIGESTS)
+    if not os.path.isfile(path):
+        raise NnunetClError(f"{path} does not exist; make the records with 'benchmark_records.py save OUTPUT RECORDS'")
+    with open(path) as f:
+        recorded = json.load(f)
+    states = []
+    for relative, digest in sorted(recorded.items()):
+        checkpoint = os.path.join(output, relative)
+        if not os.path.isfile(checkpoint):
+            states.append((relative, "missing"))
+        else:
+            states.append((relative, "same" if weights_digest(checkpoint) == digest else "differs"))
+    return states
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("save", "restore", "check"))
+    parser.add_argument("source", help="save: the benchmark output; restore / check: the records folder")
+    parser.add_argument("target", help="save: the records folder; restore / check: the benchmark output")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "save":
+            files = save(args.source, args.target)
+            print(f"{len(files)} records of {args.source} in {args.target}")
+        elif args.action == "restore":
+            copied = restore(args.source, args.target)
+            print(f"{len(copied)} records restored into {args.target}; continue with the benchmark's own command")
+        else:
+            states = check(args.source, args.target)
+            for relative, state in states:
+                print(f"{state:<8} {relative}")
+            if any(state != "same" for _, state in states):
+                sys.exit(1)
+    except NnunetClError as error:
+        print(f"benchmark_records: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

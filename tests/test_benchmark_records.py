@@ -1,0 +1,113 @@
+"""scripts/benchmark_records.py: results of a benchmark output kept without checkpoints, restored, verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "benchmark_records.py")
+PRETRAINED = "nnUNet_results/Dataset004_Hippocampus/nnunet_cl_pretrain_supercl__nnUNetPlans/checkpoint_final.pth"
+RUN = "nnUNet_results/Dataset004_Hippocampus/nnUNetTrainerScratch_10pct__nnUNetPlans__2d/fold_0"
+RECORDED = ["budget.json", "logs/pretrain_supercl.log", "metrics/nnUNetTrainerScratch_10pct/fold_0_validation.csv",
+            f"{RUN}/validation/summary.json", "results.csv", "results.md"]
+NOT_RECORDED = [PRETRAINED, f"{RUN}/checkpoint_final.pth", f"{RUN}/validation/hippocampus_001.nii.gz",
+                f"{RUN}/training_log.txt"]
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def save_weights(path, scale=1.0):
+    torch.manual_seed(0)
+    weights = {"conv.weight": torch.randn(4, 2, 3, 3) * scale, "conv.bias": torch.zeros(4),
+               "norm.num_batches_tracked": torch.tensor(0)}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"network_weights": weights, "method": "supercl"}, path)
+
+
+@pytest.fixture()
+def output(tmp_path):
+    """A benchmark output as the benchmark leaves it: records beside checkpoints and predictions."""
+    folder = tmp_path / "output"
+    for relative in RECORDED + NOT_RECORDED:
+        if relative.endswith(".pth"):
+            save_weights(str(folder / relative))
+        else:
+            write(str(folder / relative), f"content of {relative}\n")
+    return folder
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def files_under(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, names in os.walk(folder) for name in names)
+
+
+def test_save_keeps_records_and_weight_digests_only(output, tmp_path):
+    records = tmp_path / "records"
+    result = run("save", output, records)
+    assert result.returncode == 0, result.stderr
+    assert files_under(records) == sorted(RECORDED + ["pretrained_weights.json"])
+    for relative in RECORDED:
+        assert (records / relative).read_text() == f"content of {relative}\n"
+    digests = json.loads((records / "pretrained_weights.json").read_text())
+    assert list(digests) == [PRETRAINED]  # fine-tuned checkpoints are not pre-trainings
+    assert len(digests[PRETRAINED]) == 64
+
+
+def test_restore_into_empty_output_then_again_is_a_no_op(output, tmp_path):
+    records, restored = tmp_path / "records", tmp_path / "restored"
+    assert run("save", output, records).returncode == 0
+    result = run("restore", records, restored)
+    assert result.returncode == 0, result.stderr
+    assert files_under(restored) == sorted(RECORDED)
+    for relative in RECORDED:
+        assert (restored / relative).read_text() == (output / relative).read_text()
+    again = run("restore", records, restored)
+    assert again.returncode == 0 and again.stdout.startswith("0 records restored")
+
+
+def test_restore_refuses_a_conflict_before_writing(output, tmp_path):
+    records, restored = tmp_path / "records", tmp_path / "restored"
+    assert run("save", output, records).returncode == 0
+    write(str(restored / "results.md"), "a user's own table\n")
+    result = run("restore", records, restored)
+    assert result.returncode == 1
+    assert "results.md exists with other content" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert files_under(restored) == ["results.md"]
+    assert (restored / "results.md").read_text() == "a user's own table\n"
+
+
+def test_check_same_missing_and_a_changed_weight(output, tmp_path):
+    records, remade = tmp_path / "records", tmp_path / "remade"
+    assert run("save", output, records).returncode == 0
+    missing = run("check", records, remade)
+    assert missing.returncode == 1 and missing.stdout.split() == ["missing", PRETRAINED]
+    save_weights(str(remade / PRETRAINED))
+    same = run("check", records, remade)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert same.stdout.split() == ["same", PRETRAINED]
+    save_weights(str(remade / PRETRAINED), scale=1.0 + 1e-6)
+    differs = run("check", records, remade)
+    assert differs.returncode == 1 and differs.stdout.split() == ["differs", PRETRAINED]
+
+
+@pytest.mark.parametrize("action", ["save", "restore", "check"])
+def test_wrong_folder_is_one_line(action, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run(action, tmp_path / "empty", tmp_path / "target")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "target").exists()
