@@ -23,6 +23,9 @@ import sys
 
 import numpy as np
 
+from compare_benchmarks import parse_start  # the LABEL=OUTPUT:TRAINER format has one home
+from nnunet_cl.errors import NnunetClError
+
 EPOCH = re.compile(r": Epoch (\d+)\s*$")
 VALUE = re.compile(r": (train_loss|val_loss) (-?[\d.]+(?:e-?\d+)?)\s*$")
 PSEUDO_DICE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
@@ -62,14 +65,11 @@ def parse_log(path: str) -> dict[int, dict[str, float]]:
 
 def load_start(spec: str) -> tuple[str, dict[int, dict[int, dict[str, float]]]]:
     """``LABEL=OUTPUT:TRAINER`` -> (label, {fold: parse_log(...)}) from ``OUTPUT/logs/TRAINER_fold*.log``."""
-    label, sep, rest = spec.partition("=")
-    output, sep2, trainer = rest.rpartition(":")
-    if not (sep and sep2 and label and output and trainer):
-        raise SystemExit(f"error: {spec!r} is not LABEL=OUTPUT:TRAINER (e.g. scratch=out:nnUNetTrainerScratch_10pct)")
+    label, output, trainer = parse_start(spec)
     logs = sorted(glob.glob(os.path.join(output, "logs", f"{trainer}_fold*.log")))
     if not logs:
-        raise SystemExit(f"error: no {trainer}_fold*.log in {os.path.join(output, 'logs')}; "
-                         f"give a benchmark output (or saved records) that ran {trainer}")
+        raise NnunetClError(f"no {trainer}_fold*.log in {os.path.join(output, 'logs')}; "
+                            f"give a benchmark output (or saved records) that ran {trainer}")
     return label, {int(FOLD.search(path).group(1)): parse_log(path) for path in logs}
 
 
@@ -87,10 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=14, help="epochs per table row (default 14)")
     parser.add_argument("--png", help="also draw the per-epoch curves (mean over folds) to this PNG")
     args = parser.parse_args(argv)
-    if args.block < 1:
-        raise SystemExit("error: --block must be at least 1")
-    starts = dict(load_start(spec) for spec in args.starts)
-    labels = list(starts)
+    try:
+        if args.block < 1:
+            raise NnunetClError(f"--block {args.block}: give at least 1 epoch per row")
+        loaded = [load_start(spec) for spec in args.starts]
+        labels = [label for label, _ in loaded]
+        if len(set(labels)) != len(labels):
+            raise NnunetClError(f"labels must differ: {', '.join(labels)}")
+    except NnunetClError as error:
+        print(f"training_curves: {error.message}", file=sys.stderr)
+        return 1
+    starts = dict(loaded)
     reference = labels[0]
     n_epochs = min(max(run) + 1 for runs in starts.values() for run in runs.values() if run)
     rows = {label: block_means(runs, sorted(runs), "pseudo_dice", args.block, n_epochs)

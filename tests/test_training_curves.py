@@ -57,8 +57,11 @@ def test_png_is_drawn(tmp_path):
 
 
 def test_bad_arguments_are_one_line(tmp_path):
+    write_log(tmp_path, "T", 0, epoch_lines(0, (0.5, 0.5)))
     for args, expected in (([f"nolabel{tmp_path}"], "is not LABEL=OUTPUT:TRAINER"),
-                           ([f"a={tmp_path}:nnUNetTrainerMissing"], "no nnUNetTrainerMissing_fold*.log")):
+                           ([f"a={tmp_path}:nnUNetTrainerMissing"], "no nnUNetTrainerMissing_fold*.log"),
+                           ([f"a={tmp_path}:T", f"a={tmp_path}:T"], "labels must differ"),
+                           ([f"a={tmp_path}:T", "--block", "0"], "give at least 1 epoch per row")):
         proc = run(*args)
         assert proc.returncode == 1
         assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
