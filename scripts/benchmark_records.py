@@ -32,18 +32,15 @@ import sys
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.tools.benchmark_plan import record_patterns  # the output layout has one home
 
-RECORD_PATTERNS = ("budget.json", "results.md", "results.csv", "metrics/*/*.csv", "logs/*.log",
-                   "nnUNet_results/*/*/fold_*/validation/summary.json")
-PRETRAINED_PATTERN = "nnUNet_results/*/*/checkpoint_final.pth"
 DIGESTS = "pretrained_weights.json"
 
 
 def record_files(output: str) -> list:
     """Paths (relative to ``output``) of the records it holds."""
-    found = {os.path.relpath(path, output) for pattern in RECORD_PATTERNS
-             for path in glob.glob(os.path.join(output, pattern))}
-    return sorted(found)
+    patterns, _ = record_patterns(glob.escape(output))
+    return sorted({os.path.relpath(path, output) for pattern in patterns for path in glob.glob(pattern)})
 
 
 def weights_digest(checkpoint_path: str) -> str:
@@ -59,19 +56,17 @@ def weights_digest(checkpoint_path: str) -> str:
 
 
 def pretrained_digests(output: str) -> dict:
-    return {os.path.relpath(path, output): weights_digest(path)
-            for path in sorted(glob.glob(os.path.join(output, PRETRAINED_PATTERN)))}
+    _, pretrained = record_patterns(glob.escape(output))
+    return {os.path.relpath(path, output): weights_digest(path) for path in sorted(glob.glob(pretrained))}
 
 
-def require_folder(path: str, what: str) -> None:
+def require_folder(path: str, what: str, how_to_fix: str) -> None:
     if not os.path.isdir(path):
-        raise NnunetClError(f"{what} {path} is not a folder; give an nnunet_cl benchmark output folder (-o OUTPUT)"
-                            if what == "output" else f"{what} {path} is not a folder; make it with "
-                            "'benchmark_records.py save OUTPUT RECORDS'")
+        raise NnunetClError(f"{what} {path} is not a folder; {how_to_fix}")
 
 
 def save(output: str, records: str) -> list:
-    require_folder(output, "output")
+    require_folder(output, "output", "give an nnunet_cl benchmark output folder (-o OUTPUT)")
     files = record_files(output)
     if "budget.json" not in files:
         raise NnunetClError(f"{output} has no budget.json: not an nnunet_cl benchmark output")
@@ -84,7 +79,7 @@ def save(output: str, records: str) -> list:
 
 
 def restore(records: str, output: str) -> list:
-    require_folder(records, "records")
+    require_folder(records, "records", "make it with 'benchmark_records.py save OUTPUT RECORDS'")
     files = record_files(records)
     if "budget.json" not in files:
         raise NnunetClError(f"{records} has no budget.json: not a folder written by 'benchmark_records.py save'")

@@ -16,7 +16,6 @@ difference to the first one on the folds both have).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import sys
@@ -25,11 +24,10 @@ import numpy as np
 
 from compare_benchmarks import parse_start  # the LABEL=OUTPUT:TRAINER format has one home
 from nnunet_cl.errors import NnunetClError
-
-EPOCH = re.compile(r": Epoch (\d+)\s*$")
+from nnunet_cl.tools.benchmark_children import NNUNET_EPOCH_LINE, plain_numbers  # nnU-Net's log format: one home
+from nnunet_cl.tools.benchmark_plan import BenchmarkLayout, FinetuneRun  # where the logs are: one home
 VALUE = re.compile(r": (train_loss|val_loss) (-?[\d.]+(?:e-?\d+)?)\s*$")
 PSEUDO_DICE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
-FOLD = re.compile(r"_fold(\d+)\.log$")
 
 
 def parse_log(path: str) -> dict[int, dict[str, float]]:
@@ -45,7 +43,7 @@ def parse_log(path: str) -> dict[int, dict[str, float]]:
     current: dict[str, float] | None = None
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            match = EPOCH.search(line)
+            match = NNUNET_EPOCH_LINE.search(line)
             if match:
                 current = {}
                 epochs[int(match.group(1))] = current
@@ -58,7 +56,7 @@ def parse_log(path: str) -> dict[int, dict[str, float]]:
                 continue
             match = PSEUDO_DICE.search(line)
             if match:
-                values = re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", re.sub(r"np\.float\d+", "", match.group(1)))
+                values = plain_numbers(match.group(1)).split(",")
                 current["pseudo_dice"] = float(np.mean([float(v) for v in values]))
     return {epoch: values for epoch, values in epochs.items() if "pseudo_dice" in values}
 
@@ -66,11 +64,16 @@ def parse_log(path: str) -> dict[int, dict[str, float]]:
 def load_start(spec: str) -> tuple[str, dict[int, dict[int, dict[str, float]]]]:
     """``LABEL=OUTPUT:TRAINER`` -> (label, {fold: parse_log(...)}) from ``OUTPUT/logs/TRAINER_fold*.log``."""
     label, output, trainer = parse_start(spec)
-    logs = sorted(glob.glob(os.path.join(output, "logs", f"{trainer}_fold*.log")))
+    template = BenchmarkLayout(output, "").log_file(FinetuneRun(method="", trainer=trainer, fraction=0.0,
+                                                                fold="<fold>").log_name)
+    folder, name = os.path.split(template)
+    pattern = re.compile(re.escape(name).replace("<fold>", r"(\d+)"))
+    matches = [(pattern.fullmatch(entry), entry) for entry in (os.listdir(folder) if os.path.isdir(folder) else [])]
+    logs = {int(match.group(1)): os.path.join(folder, entry) for match, entry in matches if match}
     if not logs:
-        raise NnunetClError(f"no {trainer}_fold*.log in {os.path.join(output, 'logs')}; "
+        raise NnunetClError(f"no {name.replace('<fold>', '*')} in {folder}; "
                             f"give a benchmark output (or saved records) that ran {trainer}")
-    return label, {int(FOLD.search(path).group(1)): parse_log(path) for path in logs}
+    return label, {fold: parse_log(path) for fold, path in sorted(logs.items())}
 
 
 def block_means(runs: dict[int, dict[int, dict[str, float]]], folds: list[int], key: str,
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     deltas = {}
     for label in labels[1:]:
         folds = sorted(set(starts[label]) & set(starts[reference]))
-        deltas[label] = (folds, np.subtract(block_means(starts[label], folds, "pseudo_dice", args.block, n_epochs),
-                                            block_means(starts[reference], folds, "pseudo_dice", args.block, n_epochs)))
+        deltas[label] = np.subtract(block_means(starts[label], folds, "pseudo_dice", args.block, n_epochs),
+                                    block_means(starts[reference], folds, "pseudo_dice", args.block, n_epochs))
     header = ["epochs"] + [f"{label} (folds {','.join(map(str, sorted(starts[label])))})" for label in labels]
     header += [f"{label} − {reference}" for label in labels[1:]]
     print("| " + " | ".join(header) + " |")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, start in enumerate(range(0, n_epochs, args.block)):
         cells = [f"{start}–{min(start + args.block, n_epochs) - 1}"]
         cells += [f"{100 * rows[label][i]:.1f}" for label in labels]
-        cells += [f"{100 * deltas[label][1][i]:+.1f}" for label in labels[1:]]
+        cells += [f"{100 * deltas[label][i]:+.1f}" for label in labels[1:]]
         print("| " + " | ".join(cells) + " |")
     if args.png:
         import matplotlib

@@ -126,11 +126,11 @@ def test_budget_overrides_and_pinning(tmp_path):
     with pytest.raises(NnunetClError, match="unknown preset"):
         make_budget("fast")
     bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
-    bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+    bench.place(str(tmp_path), "Dataset990_Synth", "nnUNetPlans")
     bench.pin_budget()
     bench.pin_budget()                                    # same budget: fine
     bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
-    bench.output, bench.dataset_name = str(tmp_path), "Dataset990_Synth"
+    bench.place(str(tmp_path), "Dataset990_Synth", "nnUNetPlans")
     with pytest.raises(NnunetClError, match="finetune_epochs"):
         bench.pin_budget()
 
@@ -143,7 +143,7 @@ def test_fine_tuning_levers_are_pinned_with_the_budget(tmp_path, monkeypatch):
     def pin(output=tmp_path):
         """A benchmark started with the environment as it is now (the levers are read once, at its start)."""
         bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
-        bench.output, bench.dataset_name = str(output), "Dataset990_Synth"
+        bench.place(str(output), "Dataset990_Synth", "nnUNetPlans")
         bench.pin_budget()
         return bench
 
@@ -192,7 +192,7 @@ def test_an_output_made_under_other_lever_defaults_is_not_continued_with_the_new
 
     def pin(output):
         bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny", finetune_epochs=2))
-        bench.output, bench.dataset_name = str(output), "Dataset990_Synth"
+        bench.place(str(output), "Dataset990_Synth", "nnUNetPlans")
         bench.pin_budget()
 
     today = tmp_path / "today"
@@ -372,7 +372,7 @@ def pinned_output(tmp_path, preset, dataset="Dataset990_Synth", **overrides):
     """An earlier benchmark output: only its budget.json, as the benchmark pins it."""
     other = tmp_path / "other"
     bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget(preset, **overrides))
-    bench.output, bench.dataset_name = str(other), dataset
+    bench.place(str(other), dataset, "nnUNetPlans")
     bench.pin_budget()
     return str(other)
 
@@ -458,7 +458,7 @@ def test_quick_preset_without_a_dataset_generates_one_and_prints_both_dice_score
 def test_refused_benchmark_leaves_an_earlier_output_byte_identical(synthetic_env, tmp_path):
     out = tmp_path / "bench"
     bench = Benchmark(types.SimpleNamespace(processes=2, verbose=False), make_budget("tiny"))
-    bench.output, bench.dataset_name = str(out), "Dataset990_Synth"
+    bench.place(str(out), "Dataset990_Synth", "nnUNetPlans")
     bench.pin_budget()
     (out / "nnUNet_results").mkdir()
     (out / "nnUNet_results" / "checkpoint_final.pth").write_bytes(b"an earlier run's checkpoint")

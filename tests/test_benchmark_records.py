@@ -11,10 +11,13 @@ import pytest
 import torch
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "benchmark_records.py")
-PRETRAINED = "nnUNet_results/Dataset004_Hippocampus/nnunet_cl_pretrain_supercl__nnUNetPlans/checkpoint_final.pth"
-RUN = "nnUNet_results/Dataset004_Hippocampus/nnUNetTrainerScratch_10pct__nnUNetPlans__2d/fold_0"
-RECORDED = ["budget.json", "logs/pretrain_supercl.log", "metrics/nnUNetTrainerScratch_10pct/fold_0_validation.csv",
-            f"{RUN}/validation/summary.json", "results.csv", "results.md"]
+# Paths as a real benchmark output has them (nnunet_cl benchmark -d 4 -m supercl, 2026-12-04);
+# test_paths_are_the_benchmark_layout ties them to BenchmarkLayout.
+PRETRAINED = "nnUNet_results/Dataset004_Hippocampus/nnunet_cl/supercl__nnUNetPlans__2d/checkpoint_final.pth"
+RUN = "nnUNet_results/Dataset004_Hippocampus/nnUNetTrainerSuperCLInit_10pct__nnUNetPlans__2d/fold_0"
+RECORDED = ["budget.json", "logs/pretrain_supercl.log", "logs/nnUNetTrainerSuperCLInit_10pct_fold0.log",
+            "metrics/nnUNetTrainerSuperCLInit_10pct/fold_0_val.csv", f"{RUN}/validation/summary.json",
+            "results.csv", "results.md"]
 NOT_RECORDED = [PRETRAINED, f"{RUN}/checkpoint_final.pth", f"{RUN}/validation/hippocampus_001.nii.gz",
                 f"{RUN}/training_log.txt"]
 
@@ -52,6 +55,17 @@ def run(*args):
 def files_under(folder):
     return sorted(os.path.relpath(os.path.join(root, name), folder)
                   for root, _, names in os.walk(folder) for name in names)
+
+
+def test_paths_are_the_benchmark_layout():
+    from nnunet_cl.tools.benchmark_plan import BenchmarkLayout, discover_families, plan_runs
+
+    (run_,), _ = plan_runs(discover_families(), methods=["supercl"], fractions=[0.1], folds=(0,))
+    layout = BenchmarkLayout("out", "Dataset004_Hippocampus")
+    assert os.path.relpath(layout.checkpoint(run_.pretrain), "out") == PRETRAINED
+    assert os.path.relpath(layout.summary_file(run_), "out") == f"{RUN}/validation/summary.json"
+    assert os.path.relpath(layout.metrics_file(run_, "val"), "out") in RECORDED
+    assert os.path.relpath(layout.log_file(run_.log_name), "out") in RECORDED
 
 
 def test_save_keeps_records_and_weight_digests_only(output, tmp_path):

@@ -112,6 +112,11 @@ class Benchmark:
         self.fingerprint = self.run_fingerprint()
         self.source_layout = None       # --pretrained-from, once checked
 
+    def place(self, output: str, dataset_name: str, plans: str) -> None:
+        """Where this benchmark keeps everything (known once the dataset is resolved)."""
+        self.output, self.dataset_name = output, dataset_name
+        self.layout = BenchmarkLayout(output, dataset_name, plans)
+
     def run_fingerprint(self) -> dict:
         """What makes two runs comparable: the budget, the fine-tuning levers (nnUNet_cl_finetune_schedule, ...)
         set in the environment (the trainers read them from there; read once, when the benchmark starts), and
@@ -126,7 +131,7 @@ class Benchmark:
         """True when OUTPUT/budget.json pins this budget already; an error when it pins another one. The levers
         compare as the trainers resolve them (set value, else default), so a run that sets a lever to the
         default an output was made under continues it."""
-        path = os.path.join(self.output, "budget.json")
+        path = self.layout.budget_file
         if not os.path.isfile(path):
             return False
         with open(path) as f:
@@ -149,7 +154,7 @@ class Benchmark:
         source = self.args.pretrained_from
         if source is None:
             return None
-        pinned_path = os.path.join(source, "budget.json")
+        pinned_path = BenchmarkLayout(source, self.dataset_name, self.args.plans).budget_file
         if not os.path.isfile(pinned_path):
             raise NnunetClError(f"--pretrained-from {source} is not a benchmark output (it has no budget.json); give "
                                 "the -o folder of an earlier nnunet_cl benchmark")
@@ -191,7 +196,7 @@ class Benchmark:
     def pin_budget(self) -> None:
         if not self.check_budget():
             atomic_write_json({"preset": self.budget.name, "budget": self.fingerprint,
-                               "dataset": self.dataset_name}, os.path.join(self.output, "budget.json"))
+                               "dataset": self.dataset_name}, self.layout.budget_file)
 
     # -------------------------------------------------------------------- steps
     def pretrain(self, job: PretrainJob) -> None:
@@ -206,7 +211,7 @@ class Benchmark:
                 "-device", self.budget.device]
         if training_resumable(self.layout, run):
             args.append("--c")
-        self.children.execute(args, f"{run.trainer}_fold{run.fold}", f"fine-tuning {run.label}",
+        self.children.execute(args, run.log_name, f"fine-tuning {run.label}",
                               total_epochs=self.budget.finetune_epochs or NNUNET_EPOCHS)
 
     # -------------------------------------------------------------------- main loop
@@ -214,8 +219,8 @@ class Benchmark:
         # Every input is checked before OUTPUT (or anything in it) is created; one benchmark per OUTPUT.
         dataset = BenchmarkDataset(self.args, self.budget, self.children)
         dataset.resolve()
-        self.output, self.dataset_id, self.dataset_name = dataset.output, dataset.dataset_id, dataset.dataset_name
-        self.layout = BenchmarkLayout(self.output, self.dataset_name, self.args.plans)
+        self.dataset_id = dataset.dataset_id
+        self.place(dataset.output, dataset.dataset_name, self.args.plans)
         families = discover_families()
         runs, missing = plan_runs(families, self.args.methods or self.budget.methods,
                                   self.args.fractions or self.budget.fractions or DEFAULT_FRACTIONS,
@@ -262,7 +267,7 @@ class Benchmark:
         if self.budget.print_summary:
             self.print_summary(runs)
         print(f"done in {timedelta(seconds=round(time.time() - self.started))}: "
-              f"{os.path.join(self.output, 'results.md')}, results.csv, results.png", flush=True)
+              f"{self.layout.report_file('md')}, results.csv, results.png", flush=True)
 
     def print_summary(self, runs: list) -> None:
         """Each run's validation DSC (mean over cases and classes, as results.md) and its folders."""
@@ -274,8 +279,8 @@ class Benchmark:
             print(f"  {run.label:<20} {run.trainer:<34} DSC {100 * score['dsc']:.1f} %  {self.layout.fold_folder(run)}")
             if run.pretrain is not None:
                 print(f"  {'':<24} pre-trained checkpoint: {self.layout.checkpoint(run.pretrain)}")
-        print(f"  table and plot: {os.path.join(self.output, 'results.md')}, results.png; logs: "
-              f"{os.path.join(self.output, 'logs')}")
+        print(f"  table and plot: {self.layout.report_file('md')}, results.png; logs: "
+              f"{self.layout.logs}")
 
     def steps(self, runs: list) -> list:
         """Pre-trainings are placed right before the first run that needs them."""

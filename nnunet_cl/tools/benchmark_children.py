@@ -98,11 +98,19 @@ class ChildProcesses:
                 pass
 
 
+NNUNET_EPOCH_LINE = re.compile(r": Epoch (\d+)\s*$")    # nnU-Net's "<time>: Epoch 3" (0-based)
+
+
+def plain_numbers(text: str) -> str:
+    """numpy scalars shown as numbers: "[np.float32(0.82)]" -> "[0.82]" (nnU-Net's pseudo Dice under numpy 2)."""
+    return re.sub(r"np\.float(?:16|32|64)\(([^()]*)\)", r"\1", text)
+
+
 def progress_line(line: str, total_epochs, start: float) -> str:
-    """nnU-Net's "<time>: Epoch 3" -> "epoch 4/20 (0:01:10)"; other lines without their timestamp and with numpy
-    scalars shown as numbers ("[np.float32(0.82)]" -> "[0.82]", nnU-Net's pseudo Dice under numpy 2)."""
-    match = re.search(r": Epoch (\d+)\s*$", line)
+    """nnU-Net's "<time>: Epoch 3" -> "epoch 4/20 (0:01:10)"; other lines without their timestamp and with
+    ``plain_numbers``."""
+    match = NNUNET_EPOCH_LINE.search(line)
     if match:
         return f"epoch {int(match.group(1)) + 1}/{total_epochs or '?'} ({timedelta(seconds=round(time.time() - start))})"
     line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?: ", "", line)
-    return re.sub(r"np\.float(?:16|32|64)\(([^()]*)\)", r"\1", line)
+    return plain_numbers(line)

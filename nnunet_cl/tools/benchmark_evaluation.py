@@ -40,10 +40,11 @@ class BenchmarkEvaluation:
         return self.test_cases is not None
 
     def evaluate_validation(self, run: FinetuneRun) -> None:
-        folder = os.path.join(self.layout.fold_folder(run), "validation")
+        summary = self.layout.summary_file(run)
+        folder = os.path.dirname(summary)
         reference = os.path.join(os.environ["nnUNet_preprocessed"], self.layout.dataset_name, "gt_segmentations")
         ending = self.dataset_json["file_ending"]
-        with open(os.path.join(folder, "summary.json")) as f:
+        with open(summary) as f:
             expected = len(json.load(f)["metric_per_case"])
         predictions = sorted(glob.glob(os.path.join(folder, "*" + ending)))
         if len(predictions) != expected:
@@ -58,7 +59,7 @@ class BenchmarkEvaluation:
                 "--continue_prediction", "-npp", self.args.processes, "-nps", self.args.processes]
         if not self.budget.test_time_augmentation:
             args.append("--disable_tta")
-        self.children.execute(args, f"{run.trainer}_fold{run.fold}_predict_test", f"test prediction {run.label}")
+        self.children.execute(args, f"{run.log_name}_predict_test", f"test prediction {run.label}")
         ending = self.dataset_json["file_ending"]
         predictions = [os.path.join(out, case + ending) for case in self.test_cases]
         missing = [p for p in predictions if not os.path.isfile(p)]
@@ -92,10 +93,9 @@ class BenchmarkEvaluation:
                     rows += read_rows(path)
         if not rows:
             return
-        output = self.layout.output
-        write_rows(rows, os.path.join(output, "results.csv"))
-        write_text(markdown(rows, self.report_header(runs)), os.path.join(output, "results.md"))
-        plot_dsc(rows, os.path.join(output, "results.png"),
+        write_rows(rows, self.layout.report_file("csv"))
+        write_text(markdown(rows, self.report_header(runs)), self.layout.report_file("md"))
+        plot_dsc(rows, self.layout.report_file("png"),
                  f"{self.layout.dataset_name}, {self.budget.name} budget, folds "
                  f"{','.join(str(f) for f in self.budget.folds)}")
 

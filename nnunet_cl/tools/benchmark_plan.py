@@ -189,6 +189,11 @@ class FinetuneRun:
     def label(self) -> str:
         return f"{self.method} {fraction_label(self.fraction)} fold {self.fold}"
 
+    @property
+    def log_name(self) -> str:
+        """The run's log in the benchmark output: ``logs/<log_name>.log``."""
+        return f"{self.trainer}_fold{self.fold}"
+
     def fold_folder(self, results: str, dataset_name: str, plans: str) -> str:
         return os.path.join(results, dataset_name, f"{self.trainer}__{plans}__2d", f"fold_{self.fold}")
 
@@ -299,8 +304,35 @@ class BenchmarkLayout:
     def test_predictions(self, run: FinetuneRun) -> str:
         return os.path.join(self.output, "test_predictions", run.trainer, f"fold_{run.fold}")
 
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.output, "logs")
+
     def log_file(self, name: str) -> str:
-        return os.path.join(self.output, "logs", name + ".log")
+        return os.path.join(self.logs, name + ".log")
+
+    @property
+    def budget_file(self) -> str:
+        return os.path.join(self.output, "budget.json")
+
+    def report_file(self, extension: str) -> str:
+        """``results.csv`` / ``results.md`` / ``results.png``."""
+        return os.path.join(self.output, f"results.{extension}")
+
+    def summary_file(self, run: FinetuneRun) -> str:
+        """nnUNetv2_train writes it as its very last step: the run has finished."""
+        return os.path.join(self.fold_folder(run), "validation", "summary.json")
+
+
+def record_patterns(output: str) -> tuple:
+    """Glob patterns of a benchmark output's results without its checkpoints (any dataset, plans, trainer, fold):
+    the records ``scripts/benchmark_records.py`` keeps, and the pre-trained checkpoints it digests."""
+    layout = BenchmarkLayout(output, dataset_name="*", plans="*")
+    any_run = FinetuneRun(method="*", trainer="*", fraction=0.0, fold="*")
+    any_pretraining = PretrainJob(method="*", options=(), folder="*")
+    records = (layout.budget_file, layout.report_file("md"), layout.report_file("csv"),
+               layout.metrics_file(any_run, "*"), layout.log_file("*"), layout.summary_file(any_run))
+    return records, layout.checkpoint(any_pretraining)
 
 
 def pretrain_done(layout: BenchmarkLayout, job: PretrainJob) -> bool:
@@ -312,8 +344,7 @@ def pretrain_resumable(layout: BenchmarkLayout, job: PretrainJob) -> bool:
 
 
 def training_done(layout: BenchmarkLayout, run: FinetuneRun) -> bool:
-    """nnUNetv2_train writes validation/summary.json as its very last step."""
-    return os.path.isfile(os.path.join(layout.fold_folder(run), "validation", "summary.json"))
+    return os.path.isfile(layout.summary_file(run))
 
 
 def training_resumable(layout: BenchmarkLayout, run: FinetuneRun) -> bool:
