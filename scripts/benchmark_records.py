@@ -13,7 +13,8 @@ thread, README "determinism").
 
 Records, as paths relative to the output: ``budget.json``, ``results.md``, ``results.csv``, the per-case
 metrics ``metrics/<trainer>/fold_X_<split>.csv``, the runs' logs ``logs/*.log``, nnU-Net's
-``fold_X/validation/summary.json`` of every finished run (what the benchmark checks to skip a run), and
+``fold_X/validation/summary.json`` of every finished run (what the benchmark checks to skip a run; the log of
+an unfinished run is left out), and
 ``pretrained_weights.json``: a SHA-256 of the network weights of every pre-trained ``checkpoint_final.pth``.
 ``restore`` never overwrites: a recorded file that exists in the output with other content is refused
 before anything is written.
@@ -32,15 +33,34 @@ import sys
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.tools.benchmark_plan import record_patterns  # the output layout has one home
+from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, FinetuneRun,  # the output layout has one home
+                                            record_patterns, training_done)
 
 DIGESTS = "pretrained_weights.json"
 
 
 def record_files(output: str) -> list:
-    """Paths (relative to ``output``) of the records it holds."""
+    """Paths (relative to ``output``) of the records it holds; the log of a run still going (or killed) is left
+    out: it would read as a finished run's training curve."""
     patterns, _ = record_patterns(glob.escape(output))
-    return sorted({os.path.relpath(path, output) for pattern in patterns for path in glob.glob(pattern)})
+    found = {os.path.relpath(path, output) for pattern in patterns for path in glob.glob(pattern)}
+    return sorted(found - set(unfinished_run_logs(output)))
+
+
+def unfinished_run_logs(output: str) -> list:
+    """Logs (relative to ``output``) of the fine-tuning runs that have a fold folder but no final summary."""
+    any_run = FinetuneRun(method="*", trainer="*", fraction=0.0, fold="*")
+    logs = []
+    for folder in glob.glob(BenchmarkLayout(glob.escape(output), "*", "*").fold_folder(any_run)):
+        # fold_folder's template read back: <results>/<dataset>/<trainer>__<plans>__2d/fold_<fold>
+        trainer_folder, fold_name = os.path.split(folder)
+        trainer, plans = os.path.basename(trainer_folder).split("__")[:2]
+        fold = fold_name[len("fold_"):]
+        layout = BenchmarkLayout(output, os.path.basename(os.path.dirname(trainer_folder)), plans)
+        run = FinetuneRun(method="", trainer=trainer, fraction=0.0, fold=int(fold) if fold.isdigit() else fold)
+        if layout.fold_folder(run) == folder and not training_done(layout, run):
+            logs.append(os.path.relpath(layout.log_file(run.log_name), output))
+    return logs
 
 
 def weights_digest(checkpoint_path: str) -> str:

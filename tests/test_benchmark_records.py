@@ -18,8 +18,10 @@ RUN = "nnUNet_results/Dataset004_Hippocampus/nnUNetTrainerSuperCLInit_10pct__nnU
 RECORDED = ["budget.json", "logs/pretrain_supercl.log", "logs/nnUNetTrainerSuperCLInit_10pct_fold0.log",
             "metrics/nnUNetTrainerSuperCLInit_10pct/fold_0_val.csv", f"{RUN}/validation/summary.json",
             "results.csv", "results.md"]
+UNFINISHED = "nnUNet_results/Dataset004_Hippocampus/nnUNetTrainerSuperCLInit_10pct__nnUNetPlans__2d/fold_1"
 NOT_RECORDED = [PRETRAINED, f"{RUN}/checkpoint_final.pth", f"{RUN}/validation/hippocampus_001.nii.gz",
-                f"{RUN}/training_log.txt"]
+                f"{RUN}/training_log.txt", f"{UNFINISHED}/checkpoint_latest.pth",
+                "logs/nnUNetTrainerSuperCLInit_10pct_fold1.log"]  # a run still going: its log is no curve yet
 
 
 def write(path, text):
