@@ -33,8 +33,8 @@ import sys
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, FinetuneRun,  # the output layout has one home
-                                            record_patterns, training_done)
+from nnunet_cl.tools.benchmark_plan import (pretrained_checkpoint_pattern,  # the output layout has one home
+                                            record_patterns, runs_in, training_done)
 
 DIGESTS = "pretrained_weights.json"
 
@@ -42,25 +42,15 @@ DIGESTS = "pretrained_weights.json"
 def record_files(output: str) -> list:
     """Paths (relative to ``output``) of the records it holds; the log of a run still going (or killed) is left
     out: it would read as a finished run's training curve."""
-    patterns, _ = record_patterns(glob.escape(output))
+    patterns = record_patterns(glob.escape(output))
     found = {os.path.relpath(path, output) for pattern in patterns for path in glob.glob(pattern)}
     return sorted(found - set(unfinished_run_logs(output)))
 
 
 def unfinished_run_logs(output: str) -> list:
     """Logs (relative to ``output``) of the fine-tuning runs that have a fold folder but no final summary."""
-    any_run = FinetuneRun(method="*", trainer="*", fraction=0.0, fold="*")
-    logs = []
-    for folder in glob.glob(BenchmarkLayout(glob.escape(output), "*", "*").fold_folder(any_run)):
-        # fold_folder's template read back: <results>/<dataset>/<trainer>__<plans>__2d/fold_<fold>
-        trainer_folder, fold_name = os.path.split(folder)
-        trainer, plans = os.path.basename(trainer_folder).split("__")[:2]
-        fold = fold_name[len("fold_"):]
-        layout = BenchmarkLayout(output, os.path.basename(os.path.dirname(trainer_folder)), plans)
-        run = FinetuneRun(method="", trainer=trainer, fraction=0.0, fold=int(fold) if fold.isdigit() else fold)
-        if layout.fold_folder(run) == folder and not training_done(layout, run):
-            logs.append(os.path.relpath(layout.log_file(run.log_name), output))
-    return logs
+    return [os.path.relpath(layout.log_file(run.log_name), output)
+            for layout, run in runs_in(output) if not training_done(layout, run)]
 
 
 def weights_digest(checkpoint_path: str) -> str:
@@ -76,8 +66,8 @@ def weights_digest(checkpoint_path: str) -> str:
 
 
 def pretrained_digests(output: str) -> dict:
-    _, pretrained = record_patterns(glob.escape(output))
-    return {os.path.relpath(path, output): weights_digest(path) for path in sorted(glob.glob(pretrained))}
+    pattern = pretrained_checkpoint_pattern(glob.escape(output))
+    return {os.path.relpath(path, output): weights_digest(path) for path in sorted(glob.glob(pattern))}
 
 
 def require_folder(path: str, what: str, how_to_fix: str) -> None:

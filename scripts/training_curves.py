@@ -1,7 +1,7 @@
 """Compare how fast starts learn: nnU-Net's per-epoch pseudo Dice and losses, averaged over folds, from run logs.
 
 The final table says where runs end; this says how they got there (does a pre-trained start lead early and
-scratch catch up?). Reads the per-run logs a benchmark writes (``OUTPUT/logs/<trainer>_fold<X>.log``, also
+scratch catch up?). Reads the logs of the finished runs of a benchmark (``OUTPUT/logs/<trainer>_fold<X>.log``, also
 kept by ``scripts/benchmark_records.py save``), which hold nnU-Net's epoch lines; a resumed run's repeated
 epochs count once (the last). Pseudo Dice is nnU-Net's: the foreground Dice over the few validation
 batches of an epoch (noisy), averaged here over classes, then over folds, then over blocks of epochs.
@@ -25,7 +25,7 @@ import numpy as np
 from compare_benchmarks import parse_start  # the LABEL=OUTPUT:TRAINER format has one home
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.tools.benchmark_children import NNUNET_EPOCH_LINE, plain_numbers  # nnU-Net's log format: one home
-from nnunet_cl.tools.benchmark_plan import BenchmarkLayout, FinetuneRun  # where the logs are: one home
+from nnunet_cl.tools.benchmark_plan import runs_in, training_done  # where the runs and logs are: one home
 VALUE = re.compile(r": (train_loss|val_loss) (-?[\d.]+(?:e-?\d+)?)\s*$")
 PSEUDO_DICE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
 
@@ -62,17 +62,17 @@ def parse_log(path: str) -> dict[int, dict[str, float]]:
 
 
 def load_start(spec: str) -> tuple[str, dict[int, dict[int, dict[str, float]]]]:
-    """``LABEL=OUTPUT:TRAINER`` -> (label, {fold: parse_log(...)}) from ``OUTPUT/logs/TRAINER_fold*.log``."""
+    """``LABEL=OUTPUT:TRAINER`` -> (label, {fold: parse_log(...)}) from the logs of TRAINER's finished runs in OUTPUT
+    (a run still going would truncate every curve to its length)."""
     label, output, trainer = parse_start(spec)
-    template = BenchmarkLayout(output, "").log_file(FinetuneRun(method="", trainer=trainer, fraction=0.0,
-                                                                fold="<fold>").log_name)
-    folder, name = os.path.split(template)
-    pattern = re.compile(re.escape(name).replace("<fold>", r"(\d+)"))
-    matches = [(pattern.fullmatch(entry), entry) for entry in (os.listdir(folder) if os.path.isdir(folder) else [])]
-    logs = {int(match.group(1)): os.path.join(folder, entry) for match, entry in matches if match}
+    logs = {run.fold: layout.log_file(run.log_name) for layout, run in runs_in(output)
+            if run.trainer == trainer and isinstance(run.fold, int) and training_done(layout, run)}
     if not logs:
-        raise NnunetClError(f"no {name.replace('<fold>', '*')} in {folder}; "
-                            f"give a benchmark output (or saved records) that ran {trainer}")
+        raise NnunetClError(f"{output} has no finished run of {trainer}; "
+                            f"give a benchmark output (or saved records) that ran it")
+    for path in logs.values():
+        if not os.path.isfile(path):
+            raise NnunetClError(f"{path} is missing; restore the output's logs (benchmark_records.py restore)")
     return label, {fold: parse_log(path) for fold, path in sorted(logs.items())}
 
 

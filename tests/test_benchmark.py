@@ -13,7 +13,7 @@ from nnunet_cl.tools.benchmark_children import ChildProcesses, progress_line
 from nnunet_cl.tools.benchmark_dataset import check_test_folder, msd_dataset_name, preprocessing_state
 from nnunet_cl.tools.benchmark_evaluation import BenchmarkEvaluation
 from nnunet_cl.tools.benchmark_plan import (BenchmarkLayout, discover_families, make_budget, plan_runs,
-                                      run_state)
+                                      FinetuneRun, run_state, runs_in)
 from nnunet_cl.tools.benchmark_report import markdown, plot_dsc, read_rows, write_rows
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.pretraining.methods import METHODS
@@ -112,6 +112,26 @@ def test_run_states_follow_the_files(tmp_path):
     open(layout.metrics_file(run, "val"), "w").close()
     assert run_state(layout, run) == "done"
     assert run_state(layout, run, with_test=True) == "evaluate"
+
+
+def test_runs_are_read_back_from_their_fold_folders(tmp_path):
+    """runs_in inverts fold_folder for every planned run (fold "all" and a trainer name with "__" too) and skips
+    folders that are not a run's (a pre-trained checkpoint's folder; fold_01, which fold_folder never writes)."""
+    output = str(tmp_path / "out [1]")  # glob characters in the user's path
+    runs, _ = plan_runs(discover_families(), fractions=(0.1, 0.25), folds=(0, 1, "all"))
+    odd = FinetuneRun(method="", trainer="nnUNetTrainer__Odd", fraction=0.0, fold=2)
+    layouts = {run.trainer: BenchmarkLayout(output, "Dataset004_Hippocampus", "nnUNetResEncUNetMPlans")
+               for run in runs}
+    layouts[odd.trainer] = BenchmarkLayout(output, "Dataset004_Hippocampus")
+    for run in runs + [odd]:
+        os.makedirs(layouts[run.trainer].fold_folder(run))
+        if run.pretrain:
+            os.makedirs(os.path.dirname(layouts[run.trainer].checkpoint(run.pretrain)), exist_ok=True)
+    os.makedirs(os.path.join(output, "nnUNet_results", "Dataset004_Hippocampus", "T__nnUNetPlans__2d", "fold_01"))
+    found = [(layout, run.trainer, run.fold) for layout, run in runs_in(output)]
+    assert sorted(found, key=str) == sorted({(layouts[run.trainer], run.trainer, run.fold) for run in runs + [odd]},
+                                            key=str)
+    assert runs_in(str(tmp_path / "nothing")) == []
 
 
 def test_budget_overrides_and_pinning(tmp_path):

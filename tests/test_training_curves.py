@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from nnunet_cl.tools.benchmark_plan import BenchmarkLayout, FinetuneRun
+
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "training_curves.py")
 
 
@@ -16,9 +18,16 @@ def epoch_lines(epoch, dice, train_loss=-0.5):
             f"{stamp}: Epoch time: 22.91 s", f"{stamp}: "]
 
 
-def write_log(output, trainer, fold, lines):
-    os.makedirs(os.path.join(output, "logs"), exist_ok=True)
-    with open(os.path.join(output, "logs", f"{trainer}_fold{fold}.log"), "w") as f:
+def write_log(output, trainer, fold, lines, finished=True):
+    """The run's log and fold folder as the benchmark leaves them; a finished run has nnU-Net's final summary."""
+    layout = BenchmarkLayout(str(output), "Dataset004_Hippocampus")
+    run_ = FinetuneRun(method="", trainer=trainer, fraction=0.0, fold=fold)
+    os.makedirs(os.path.dirname(layout.summary_file(run_)), exist_ok=True)
+    if finished:
+        with open(layout.summary_file(run_), "w") as f:
+            f.write("{}")
+    os.makedirs(layout.logs, exist_ok=True)
+    with open(layout.log_file(run_.log_name), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
@@ -37,6 +46,8 @@ def test_block_means_and_differences_with_a_resumed_run(tmp_path):
     killed = epoch_lines(0, (0.5, 0.5)) + epoch_lines(1, (0.0, 0.0)) + epoch_lines(2, (0.9, 0.9))[:2]
     resumed = ["===== resumed with --c"] + sum((epoch_lines(e, (d, d)) for e, d in ((1, 0.7), (2, 0.7), (3, 0.9))), [])
     write_log(warm, "nnUNetTrainerPCLInit_10pct", 0, killed + resumed)
+    # warm, fold 1: still going; its one epoch would cut every curve to one epoch
+    write_log(warm, "nnUNetTrainerPCLInit_10pct", 1, epoch_lines(0, (0.1, 0.1)), finished=False)
     proc = run(f"scratch={scratch}:nnUNetTrainerScratch_10pct", f"warm={warm}:nnUNetTrainerPCLInit_10pct",
                "--block", "2")
     assert proc.returncode == 0, proc.stderr
@@ -59,7 +70,7 @@ def test_png_is_drawn(tmp_path):
 def test_bad_arguments_are_one_line(tmp_path):
     write_log(tmp_path, "T", 0, epoch_lines(0, (0.5, 0.5)))
     for args, expected in (([f"nolabel{tmp_path}"], "is not LABEL=OUTPUT:TRAINER"),
-                           ([f"a={tmp_path}:nnUNetTrainerMissing"], "no nnUNetTrainerMissing_fold*.log"),
+                           ([f"a={tmp_path}:nnUNetTrainerMissing"], "has no finished run of nnUNetTrainerMissing"),
                            ([f"a={tmp_path}:T", f"a={tmp_path}:T"], "labels must differ"),
                            ([f"a={tmp_path}:T", "--block", "0"], "give at least 1 epoch per row")):
         proc = run(*args)

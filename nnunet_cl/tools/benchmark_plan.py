@@ -19,6 +19,7 @@ the Init trainers use -- so the benchmark and ``nnUNetv2_train`` can never disag
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
@@ -326,13 +327,38 @@ class BenchmarkLayout:
 
 def record_patterns(output: str) -> tuple:
     """Glob patterns of a benchmark output's results without its checkpoints (any dataset, plans, trainer, fold):
-    the records ``scripts/benchmark_records.py`` keeps, and the pre-trained checkpoints it digests."""
+    the records ``scripts/benchmark_records.py`` keeps."""
     layout = BenchmarkLayout(output, dataset_name="*", plans="*")
     any_run = FinetuneRun(method="*", trainer="*", fraction=0.0, fold="*")
-    any_pretraining = PretrainJob(method="*", options=(), folder="*")
-    records = (layout.budget_file, layout.report_file("md"), layout.report_file("csv"),
-               layout.metrics_file(any_run, "*"), layout.log_file("*"), layout.summary_file(any_run))
-    return records, layout.checkpoint(any_pretraining)
+    return (layout.budget_file, layout.report_file("md"), layout.report_file("csv"),
+            layout.metrics_file(any_run, "*"), layout.log_file("*"), layout.summary_file(any_run))
+
+
+def pretrained_checkpoint_pattern(output: str) -> str:
+    """Glob pattern of every pre-trained checkpoint in a benchmark output (any dataset, plans, method)."""
+    return BenchmarkLayout(output, dataset_name="*", plans="*").checkpoint(PretrainJob(method="*", options=(),
+                                                                                       folder="*"))
+
+
+def runs_in(output: str) -> list:
+    """``(layout, run)`` of every fine-tuning run that has a fold folder in a benchmark output (or its records).
+
+    The fold folders are read back into the fields ``FinetuneRun.fold_folder`` builds them from (trainer, plans,
+    fold; method and fraction are not in the path and are left empty); a folder that does not come back as the
+    same path is not a run of this layout and is skipped.
+    """
+    any_run = FinetuneRun(method="*", trainer="*", fraction=0.0, fold="*")
+    found = []
+    for folder in sorted(glob.glob(BenchmarkLayout(glob.escape(output), "*", "*").fold_folder(any_run))):
+        trainer_folder, fold_name = os.path.split(folder)
+        dataset_folder, trainer_plans_configuration = os.path.split(trainer_folder)
+        trainer, plans, _ = trainer_plans_configuration.rsplit("__", 2)
+        fold = fold_name[len("fold_"):]
+        layout = BenchmarkLayout(output, os.path.basename(dataset_folder), plans)
+        run = FinetuneRun(method="", trainer=trainer, fraction=0.0, fold=int(fold) if fold.isdigit() else fold)
+        if layout.fold_folder(run) == folder:
+            found.append((layout, run))
+    return found
 
 
 def pretrain_done(layout: BenchmarkLayout, job: PretrainJob) -> bool:
