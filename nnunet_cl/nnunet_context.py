@@ -16,6 +16,24 @@ from nnunet_cl.errors import NnunetClError
 
 NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 PRETRAINED_CHECKPOINT = "checkpoint_final.pth"   # the file the Init trainers load
+DEFAULT_PLANS = "nnUNetPlans"                    # nnU-Net's plans identifier when -p is not given
+
+
+def add_plans_argument(parser) -> None:
+    """``-p``: the plans identifier, as nnU-Net's commands take it."""
+    parser.add_argument("-p", "--plans", dest="plans", default=DEFAULT_PLANS,
+                        help=f"plans identifier (default {DEFAULT_PLANS})")
+
+
+def add_dataset_arguments(parser, dataset_help: str = "dataset id or name (as for nnUNetv2_train)",
+                          configuration: bool = True) -> None:
+    """``-d`` (required), ``-p`` and, with ``configuration``, ``-c``: what every command that opens a
+    dataset's plans takes (the values go to :func:`load_dataset_context`)."""
+    parser.add_argument("-d", "--dataset", dest="dataset", required=True, help=dataset_help)
+    add_plans_argument(parser)
+    if configuration:
+        parser.add_argument("-c", "--configuration", dest="configuration", default="2d",
+                            help="nnU-Net configuration (only 2d)")
 
 
 def pretraining_folder(results: str, dataset_name: str, method_folder_name: str, plans_identifier: str,
@@ -113,7 +131,7 @@ class DatasetContext:
                                   self.configuration)
 
 
-def load_dataset_context(dataset: str, plans_identifier: str = "nnUNetPlans",
+def load_dataset_context(dataset: str, plans_identifier: str = DEFAULT_PLANS,
                          configuration: str = "2d") -> DatasetContext:
     require_nnunet_env()
     if configuration != "2d":

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_cl.nnunet_context import add_plans_argument
+
 
 def timed(fn) -> float:
     start = time.perf_counter()
@@ -82,7 +84,7 @@ def supervised_batch(trainer, slices, batch_size, rng):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", dest="dataset", default="4")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans")
+    add_plans_argument(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=8, help="timed steps of each kind (after 2 warm-up steps)")
     p.add_argument("--loss-repeats", type=int, default=10)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
-from nnunet_cl.nnunet_context import load_dataset_context
+from nnunet_cl.nnunet_context import add_dataset_arguments, load_dataset_context
 from nnunet_cl.pretraining.slices import PreprocessedSlices
 from nnunet_cl.trainers.pretrained_init import PARTS, selected_prefixes
 from nnunet_cl.validation import positive_int
@@ -66,9 +66,7 @@ def markdown_table(columns: list) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or name (its plans and slices)")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans")
-    parser.add_argument("-c", "--configuration", default="2d")
+    add_dataset_arguments(parser, "dataset id or name (its plans and slices)")
     parser.add_argument("--parts", default="all", choices=PARTS,
                         help="what an Init trainer loads: every pre-trained prefix (default) or only the encoder")
     parser.add_argument("--slices", default=64, type=int, help="slices drawn for the statistics (default 64)")

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_cl.nnunet_context import add_dataset_arguments, load_dataset_context
+
 
 def cosine_stats(vectors: torch.Tensor) -> tuple[float, float]:
     unit = F.normalize(vectors.flatten(1), dim=1)
@@ -40,13 +42,11 @@ def report(name: str, network, images: torch.Tensor) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", "--dataset", required=True)
-    parser.add_argument("-p", "--plans", default="nnUNetPlans")
+    add_dataset_arguments(parser, configuration=False)
     parser.add_argument("-n", "--slices", type=int, default=64)
     parser.add_argument("checkpoints", nargs="*")
     args = parser.parse_args()
 
-    from nnunet_cl.nnunet_context import load_dataset_context
     from nnunet_cl.pretraining.slices import PreprocessedSlices
 
     torch.manual_seed(0)

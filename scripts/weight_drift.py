@@ -19,7 +19,7 @@ import torch
 
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import load_dataset_context
+from nnunet_cl.nnunet_context import add_dataset_arguments, load_dataset_context
 from nnunet_cl.trainers.weight_norm import convolutions_of_keys
 
 
@@ -80,9 +80,7 @@ def markdown_table(columns: list) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or name (its plans build the network)")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans")
-    parser.add_argument("-c", "--configuration", default="2d")
+    add_dataset_arguments(parser, "dataset id or name (its plans build the network)")
     parser.add_argument("pretrained", metavar="PRETRAINED")
     parser.add_argument("finetuned", nargs="+", metavar="LABEL=FINETUNED")
     args = parser.parse_args(argv)

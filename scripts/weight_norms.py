@@ -19,7 +19,7 @@ import torch
 
 from nnunet_cl.checkpoint import load_checkpoint
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import architecture_fingerprint, load_dataset_context
+from nnunet_cl.nnunet_context import add_dataset_arguments, architecture_fingerprint, load_dataset_context
 from nnunet_cl.trainers.weight_norm import conv_weight_norms, convolutions_of_keys
 
 
@@ -67,9 +67,7 @@ def markdown_table(reference: dict, columns: list) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or name (its plans build the network)")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans")
-    parser.add_argument("-c", "--configuration", default="2d")
+    add_dataset_arguments(parser, "dataset id or name (its plans build the network)")
     parser.add_argument("--init-samples", type=int, default=10,
                         help="freshly initialised networks averaged for the reference norm (default 10)")
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")

@@ -39,6 +39,7 @@ from datetime import timedelta
 from nnunet_cl.atomic import TEMP_SUFFIX, atomic_write_json, current_umask, link_or_copy, remove_stale_temps
 from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
 from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
+from nnunet_cl.nnunet_context import add_plans_argument
 from nnunet_cl.splits import parse_fold
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_dataset import GENERATED_DATASET_NAME, BenchmarkDataset
@@ -70,7 +71,7 @@ def add_benchmark_parser(subparsers) -> None:
     p.add_argument("--preset", default="cpu", metavar="|".join(PRESETS), help="budget preset (default cpu)")
     p.add_argument("-o", "--output", default=None,
                    help="benchmark folder (default ./nnunet_cl_benchmark/<Dataset>_<preset>)")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    add_plans_argument(p)
     p.add_argument("--test-images", default=None, help="separate test images (nnU-Net naming CASE_0000.nii.gz)")
     p.add_argument("--test-labels", default=None, help="their reference segmentations (CASE.nii.gz)")
     p.add_argument("-np", dest="processes", type=int, default=2,

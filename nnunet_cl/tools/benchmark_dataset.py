@@ -14,6 +14,7 @@ import os
 import re
 
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.nnunet_context import DEFAULT_PLANS
 from nnunet_cl.splits import check_fold_exists
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_plan import Budget
@@ -90,7 +91,7 @@ class BenchmarkDataset:
         if self.args.test_images is not None:
             self.test_cases = check_test_folder(self.args.test_images, self.args.test_labels,
                                                 self.file_ending(self.args.dataset))
-        if self.args.plans != "nnUNetPlans" and not os.path.isfile(
+        if self.args.plans != DEFAULT_PLANS and not os.path.isfile(
                 os.path.join(preprocessed, self.dataset_name, self.args.plans + ".json")):
             raise NnunetClError(f"{self.dataset_name} has no plans {self.args.plans!r}; create them first (e.g. "
                                 f"nnUNetv2_plan_and_preprocess -d {self.dataset_id} -c 2d -pl <planner>) or drop -p")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, pretraining_folder
+from nnunet_cl.nnunet_context import DEFAULT_PLANS, PRETRAINED_CHECKPOINT, pretraining_folder
 from nnunet_cl.pretraining.methods import get_method
 
 DEFAULT_FRACTIONS = (0.1, 0.25)
@@ -287,7 +287,7 @@ class BenchmarkLayout:
     """Where one benchmark keeps everything: ``output/`` with its own ``nnUNet_results``."""
     output: str
     dataset_name: str
-    plans: str = "nnUNetPlans"
+    plans: str = DEFAULT_PLANS
 
     @property
     def results(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_cl.nnunet_context import add_dataset_arguments
 from nnunet_cl.precision import PRECISIONS
 from nnunet_cl.tools.options import parse_option
 
@@ -21,10 +22,8 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def add_pretrain_parser(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="contrastive pre-training of the 2D nnU-Net of a dataset's plans")
-    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name (as for nnUNetv2_train)")
+    add_dataset_arguments(p)
     p.add_argument("-m", dest="method", required=True, help="pre-training method (e.g. pcl, simclr)")
-    p.add_argument("-c", dest="configuration", default="2d", help="nnU-Net configuration (only 2d)")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--iters-per-epoch", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=32)

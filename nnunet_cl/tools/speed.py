@@ -54,7 +54,7 @@ import torch
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import load_dataset_context
+from nnunet_cl.nnunet_context import add_dataset_arguments, load_dataset_context
 from nnunet_cl.pretraining.engine import PretrainConfig, Pretrainer
 from nnunet_cl.pretraining.loader import BatchLoader
 from nnunet_cl.pretraining.methods import METHODS, get_method
@@ -67,8 +67,7 @@ def add_speed_parser(subparsers) -> None:
     p = subparsers.add_parser("speed", help="time each method's pre-training step against nnU-Net's supervised step",
                               description="Speed benchmark (one run, one machine): step time ratios, loss share, "
                                           "data loader throughput, superpixel-cache build time.")
-    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name (planned and preprocessed for 2d)")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans")
+    add_dataset_arguments(p, "dataset id or name (planned and preprocessed for 2d)", configuration=False)
     p.add_argument("-m", "--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from nnunet_cl.nnunet_context import load_dataset_context
+from nnunet_cl.nnunet_context import DEFAULT_PLANS, add_dataset_arguments, load_dataset_context
 from nnunet_cl.pretraining.methods import get_method
 from nnunet_cl.pretraining.slices import PreprocessedSlices
 from nnunet_cl.pretraining.superpixels import SuperpixelCache
@@ -12,7 +12,7 @@ from nnunet_cl.tools.options import parse_option
 from nnunet_cl.validation import positive_int
 
 
-def supercl_superpixels(dataset: str, plans: str = "nnUNetPlans", options: Optional[dict] = None,
+def supercl_superpixels(dataset: str, plans: str = DEFAULT_PLANS, options: Optional[dict] = None,
                         num_processes: int = 2, progress: bool = True):
     """Build (if missing) and open the superpixel cache SuperCL uses for a dataset with these method
     options (``n_segments``, ``compactness``, ``slic_iterations``, ``feature_stage``): the same
@@ -36,8 +36,7 @@ def add_superpixels_parser(subparsers) -> None:
 
 
 def add_superpixel_arguments(p, option_flags=("--option",)) -> None:
-    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    add_dataset_arguments(p, configuration=False)
     p.add_argument(*option_flags, dest="options", action="append", type=parse_option, default=[],
                    metavar="KEY=VALUE", help="SuperCL option deciding the superpixels: n_segments, compactness, "
                                              "slic_iterations, feature_stage (as for pretrain -m supercl)")
