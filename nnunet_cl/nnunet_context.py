@@ -17,6 +17,7 @@ from nnunet_cl.errors import NnunetClError
 NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 PRETRAINED_CHECKPOINT = "checkpoint_final.pth"   # the file the Init trainers load
 DEFAULT_PLANS = "nnUNetPlans"                    # nnU-Net's plans identifier when -p is not given
+CONFIGURATION = "2d"                             # the one nnU-Net configuration nnunet-cl trains
 
 
 def add_plans_argument(parser) -> None:
@@ -32,16 +33,23 @@ def add_dataset_arguments(parser, dataset_help: str = "dataset id or name (as fo
     parser.add_argument("-d", "--dataset", dest="dataset", required=True, help=dataset_help)
     add_plans_argument(parser)
     if configuration:
-        parser.add_argument("-c", "--configuration", dest="configuration", default="2d",
-                            help="nnU-Net configuration (only 2d)")
+        parser.add_argument("-c", "--configuration", dest="configuration", default=CONFIGURATION,
+                            help=f"nnU-Net configuration (only {CONFIGURATION})")
+
+
+def results_folder_name(name: str, plans_identifier: str, configuration: str = CONFIGURATION) -> str:
+    """``<name>__<plans>__<configuration>``: nnU-Net's name of a trainer's results folder, which the
+    pre-training folders follow too."""
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+    return convert_trainer_plans_config_to_identifier(name, plans_identifier, configuration)
 
 
 def pretraining_folder(results: str, dataset_name: str, method_folder_name: str, plans_identifier: str,
-                       configuration: str) -> str:
+                       configuration: str = CONFIGURATION) -> str:
     """Where ``nnunet_cl pretrain`` writes and the Init trainers and the benchmark look:
     ``<results>/<Dataset>/nnunet_cl/<method folder>__<plans>__<configuration>``."""
     return os.path.join(results, dataset_name, "nnunet_cl",
-                        f"{method_folder_name}__{plans_identifier}__{configuration}")
+                        results_folder_name(method_folder_name, plans_identifier, configuration))
 
 
 def require_nnunet_env(names=NNUNET_ENV_VARS) -> dict:
@@ -132,18 +140,18 @@ class DatasetContext:
 
 
 def load_dataset_context(dataset: str, plans_identifier: str = DEFAULT_PLANS,
-                         configuration: str = "2d") -> DatasetContext:
+                         configuration: str = CONFIGURATION) -> DatasetContext:
     require_nnunet_env()
-    if configuration != "2d":
-        raise NnunetClError(
-            f"configuration {configuration!r} is not supported: nnunet-cl pre-trains the 2D U-Net; use -c 2d")
+    if configuration != CONFIGURATION:
+        raise NnunetClError(f"configuration {configuration!r} is not supported: nnunet-cl pre-trains the 2D U-Net; "
+                            f"use -c {CONFIGURATION}")
     dataset_name = resolve_dataset_name(dataset)
     preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
     plans_file = os.path.join(preprocessed, plans_identifier + ".json")
     if not os.path.isfile(plans_file):
         raise NnunetClError(
             f"{dataset_name} has no plans {plans_identifier!r} in nnUNet_preprocessed ({plans_file} missing); "
-            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c 2d")
+            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c {CONFIGURATION}")
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     with open(plans_file) as f:
         plans = json.load(f)
@@ -151,16 +159,16 @@ def load_dataset_context(dataset: str, plans_identifier: str = DEFAULT_PLANS,
         dataset_json = json.load(f)
     plans_manager = PlansManager(plans)
     if configuration not in plans_manager.available_configurations:
-        raise NnunetClError(f"plans {plans_identifier!r} of {dataset_name} have no '2d' configuration; "
-                            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c 2d")
+        raise NnunetClError(f"plans {plans_identifier!r} of {dataset_name} have no {CONFIGURATION!r} configuration; "
+                            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c {CONFIGURATION}")
     cm = plans_manager.get_configuration(configuration)
     context = DatasetContext(dataset_name, preprocessed, plans_identifier, configuration, plans, dataset_json,
                              plans_manager, cm)
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class  # noqa: F401 (import check)
     if not os.path.isdir(context.data_folder) or not _has_cases(context.data_folder):
         raise NnunetClError(
-            f"{dataset_name} is not preprocessed for 2d ({context.data_folder} missing or empty); "
-            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c 2d")
+            f"{dataset_name} is not preprocessed for {CONFIGURATION} ({context.data_folder} missing or empty); "
+            f"run: nnUNetv2_plan_and_preprocess -d {dataset_name} -c {CONFIGURATION}")
     return context
 
 

@@ -41,7 +41,7 @@ from nnunet_cl import distributed
 from nnunet_cl.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint
 from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
 from nnunet_cl.folder_lock import FolderLock
-from nnunet_cl.nnunet_context import (DEFAULT_PLANS, PRETRAINED_CHECKPOINT, architecture_fingerprint,
+from nnunet_cl.nnunet_context import (CONFIGURATION, DEFAULT_PLANS, PRETRAINED_CHECKPOINT, architecture_fingerprint,
                                       load_dataset_context)
 from nnunet_cl.precision import Precision, resolve_precision
 from nnunet_cl.pretraining.loader import BatchLoader, loader_workers
@@ -58,7 +58,7 @@ RUN_FILES = CHECKPOINT_NAMES + ("config.json", "pretrain_log.txt", "progress.png
 class PretrainConfig:
     dataset: str
     method: str
-    configuration: str = "2d"
+    configuration: str = CONFIGURATION
     plans: str = DEFAULT_PLANS
     epochs: int = 100
     iters_per_epoch: int = 250

@@ -98,7 +98,7 @@ def main():
     from nnunet_cl.pretraining.slices import PreprocessedSlices
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    context = load_dataset_context(args.dataset, args.plans, "2d")
+    context = load_dataset_context(args.dataset, args.plans)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dataset {context.dataset_name}, "
           f"plan patch {context.patch_size}, batch {args.batch_size}")
 
@@ -111,7 +111,7 @@ def main():
         pretrainer = Pretrainer(PretrainConfig(dataset=args.dataset, method="jcl", plans=args.plans,
                                                batch_size=args.batch_size, epochs=1, iters_per_epoch=1))
         method = pretrainer.method
-        trainer = nnUNetTrainer(dict(copy.deepcopy(context.plans), continue_training=False), "2d", 0,
+        trainer = nnUNetTrainer(dict(copy.deepcopy(context.plans), continue_training=False), context.configuration, 0,
                                 context.dataset_json, device=torch.device("cpu"))
         trainer.initialize()
         plan_slices = PreprocessedSlices(context.data_folder, context.patch_size)

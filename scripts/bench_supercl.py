@@ -126,7 +126,7 @@ def supervised_trainer(context):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     plans = dict(context.plans, continue_training=False)   # nnU-Net's run_training adds this key
-    trainer = nnUNetTrainer(plans, "2d", 0, context.dataset_json, device=torch.device("cpu"))
+    trainer = nnUNetTrainer(plans, context.configuration, 0, context.dataset_json, device=torch.device("cpu"))
     trainer.initialize()
     return trainer
 

@@ -50,7 +50,7 @@ def main() -> None:
     from nnunet_cl.pretraining.slices import PreprocessedSlices
 
     torch.manual_seed(0)
-    context = load_dataset_context(args.dataset, args.plans, "2d")
+    context = load_dataset_context(args.dataset, args.plans)
     slices = PreprocessedSlices(context.data_folder, context.patch_size)
     windows = slices.sample_windows(args.slices, np.random.default_rng(0))
     images = torch.as_tensor(np.asarray(slices.images(windows)), dtype=torch.float32)

@@ -31,10 +31,13 @@ import subprocess
 import sys
 import time
 
+from nnunet_cl.nnunet_context import CONFIGURATION, DEFAULT_PLANS, results_folder_name
+
 
 def fold_folder(output: str, steps: int, dataset: str, trainer: str, fold: int, one_run: bool = False) -> str:
     run = "one_run" if one_run else f"steps_{steps}"
-    return os.path.join(output, run, "nnUNet_results", dataset, f"{trainer}__nnUNetPlans__2d", f"fold_{fold}")
+    return os.path.join(output, run, "nnUNet_results", dataset, results_folder_name(trainer, DEFAULT_PLANS),
+                        f"fold_{fold}")
 
 
 def summary_path(output: str, steps: int, dataset: str, trainer: str, fold: int, one_run: bool = False) -> str:
@@ -69,7 +72,7 @@ def run_one(args, dataset: str, trainer: str, steps: int) -> None:
         epochs = steps // args.iters
         env = budget_environment(args, results, epochs)
         folder = fold_folder(args.output, steps, dataset, trainer, args.fold)
-        command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), args.dataset, "2d",
+        command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train"), args.dataset, CONFIGURATION,
                    str(args.fold), "-tr", trainer, "-device", "cpu"]
         if os.path.isfile(os.path.join(folder, "checkpoint_latest.pth")):
             command.append("--c")
@@ -91,7 +94,7 @@ def run_long(args, dataset: str, trainer_name: str) -> None:
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    trainer = get_trainer_from_args(args.dataset, "2d", args.fold, trainer_name, "nnUNetPlans",
+    trainer = get_trainer_from_args(args.dataset, CONFIGURATION, args.fold, trainer_name, DEFAULT_PLANS,
                                     device=torch.device("cpu"))
     folder = trainer.output_folder
     kept = {s // args.iters: os.path.join(folder, f"checkpoint_steps{s}.pth") for s in args.steps if s != longest}

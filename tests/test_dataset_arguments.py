@@ -42,3 +42,36 @@ def test_every_subcommand_has_the_one_plans_option(command):
     assert len(plans) == 1
     assert (plans[0].option_strings, plans[0].default, plans[0].help) == \
         (expected.option_strings, expected.default, expected.help)
+
+
+def test_run_folders_are_where_nnunet_writes_and_reads_them(tmp_path, monkeypatch):
+    """The benchmark's fold folder and the learning curve's are nnU-Net's own output folder of that trainer,
+    plans and configuration (``get_output_folder``), and -c defaults to the one configuration we train."""
+    import importlib.util
+    import os
+
+    import nnunetv2.utilities.file_path_utilities as file_paths
+
+    from nnunet_cl.nnunet_context import CONFIGURATION
+    from nnunet_cl.tools.benchmark_plan import FinetuneRun
+
+    results = str(tmp_path / "nnUNet_results")
+    monkeypatch.setattr(file_paths, "nnUNet_results", results)
+    expected = file_paths.get_output_folder("Dataset004_Hippocampus", "nnUNetTrainerPCLInit_10pct", "MyPlans",
+                                            "2d", 1)
+    run = FinetuneRun("pcl", "nnUNetTrainerPCLInit_10pct", 0.1, 1)
+    assert run.fold_folder(results, "Dataset004_Hippocampus", "MyPlans") == expected
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "learning_curve.py")
+    spec = importlib.util.spec_from_file_location("learning_curve_script", path)
+    learning_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning_curve)
+    expected = file_paths.get_output_folder("Dataset004_Hippocampus", "nnUNetTrainerScratch_10pct", DEFAULT_PLANS,
+                                            "2d", 0)
+    folder = learning_curve.fold_folder(str(tmp_path), 700, "Dataset004_Hippocampus", "nnUNetTrainerScratch_10pct", 0)
+    assert folder == expected.replace(results, str(tmp_path / "steps_700" / "nnUNet_results"))
+
+    assert CONFIGURATION == "2d"
+    parser = argparse.ArgumentParser()
+    add_dataset_arguments(parser)
+    assert parser.parse_args(["-d", "4"]).configuration == CONFIGURATION

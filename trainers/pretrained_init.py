@@ -24,7 +24,7 @@ import torch
 
 from nnunet_cl.checkpoint import load_checkpoint, load_pretrained_part
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import PRETRAINED_CHECKPOINT, pretraining_folder
+from nnunet_cl.nnunet_context import CONFIGURATION, PRETRAINED_CHECKPOINT, pretraining_folder, results_folder_name
 from nnunet_cl.trainers.base import nnUNetTrainerCL, unwrap_network
 from nnunet_cl.trainers.finetune_schedules import DEFAULT_SCHEDULE, PEAK_LR_ENV, SCHEDULE_ENV, FinetuneChoice
 from nnunet_cl.trainers.weight_norm import RESET_ENV, conv_weight_norms, rescale_to_norms, weight_norm_reset_from_env
@@ -96,7 +96,8 @@ class nnUNetTrainerPretrainedInit(nnUNetTrainerCL):
 
     @classmethod
     def initialisation(cls) -> str:
-        return f"the encoder of nnunet_cl/{cls.checkpoint_folder_name()}__<plans>__2d/{PRETRAINED_CHECKPOINT}"
+        return (f"the encoder of nnunet_cl/{results_folder_name(cls.checkpoint_folder_name(), '<plans>', CONFIGURATION)}"
+                f"/{PRETRAINED_CHECKPOINT}")
 
     def pretrained_checkpoint_path(self) -> str:
         if os.environ.get(CHECKPOINT_ENV):

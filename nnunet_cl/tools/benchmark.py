@@ -39,7 +39,7 @@ from datetime import timedelta
 from nnunet_cl.atomic import TEMP_SUFFIX, atomic_write_json, current_umask, link_or_copy, remove_stale_temps
 from nnunet_cl.errors import NnunetClError, Terminated, raise_terminated
 from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
-from nnunet_cl.nnunet_context import add_plans_argument
+from nnunet_cl.nnunet_context import CONFIGURATION, add_plans_argument
 from nnunet_cl.splits import parse_fold
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_dataset import GENERATED_DATASET_NAME, BenchmarkDataset
@@ -208,7 +208,7 @@ class Benchmark:
         self.children.execute(args, f"pretrain_{job.folder}", f"pre-training {job.label}")
 
     def finetune(self, run: FinetuneRun) -> None:
-        args = ["nnUNetv2_train", self.dataset_id, "2d", run.fold, "-tr", run.trainer, "-p", self.args.plans,
+        args = ["nnUNetv2_train", self.dataset_id, CONFIGURATION, run.fold, "-tr", run.trainer, "-p", self.args.plans,
                 "-device", self.budget.device]
         if training_resumable(self.layout, run):
             args.append("--c")

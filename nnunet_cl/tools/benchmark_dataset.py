@@ -14,7 +14,7 @@ import os
 import re
 
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import DEFAULT_PLANS
+from nnunet_cl.nnunet_context import CONFIGURATION, DEFAULT_PLANS
 from nnunet_cl.splits import check_fold_exists
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_plan import Budget
@@ -112,11 +112,12 @@ class BenchmarkDataset:
         state = preprocessing_state(os.environ["nnUNet_raw"], os.environ["nnUNet_preprocessed"], self.dataset_name,
                                     self.args.plans)
         if state == "plan":
-            self.children.execute(["nnUNetv2_plan_and_preprocess", "-d", self.dataset_id, "-c", "2d", "-np",
-                                   self.args.processes], "preprocess", "plan and preprocess (2d)", training=False)
+            self.children.execute(["nnUNetv2_plan_and_preprocess", "-d", self.dataset_id, "-c", CONFIGURATION, "-np",
+                                   self.args.processes], "preprocess", f"plan and preprocess ({CONFIGURATION})",
+                                  training=False)
         elif state == "preprocess":
-            self.children.execute(["nnUNetv2_preprocess", "-d", self.dataset_id, "-c", "2d", "-plans_name",
-                                   self.args.plans, "-np", self.args.processes], "preprocess", "preprocess (2d)",
+            self.children.execute(["nnUNetv2_preprocess", "-d", self.dataset_id, "-c", CONFIGURATION, "-plans_name",
+                                   self.args.plans, "-np", self.args.processes], "preprocess", f"preprocess ({CONFIGURATION})",
                                   training=False)
 
     def generate(self, raw: str) -> None:
@@ -164,7 +165,7 @@ def preprocessing_state(raw: str, preprocessed: str, dataset_name: str, plans: s
     if not os.path.isfile(plans_file):
         return "plan"
     with open(plans_file) as f:
-        data_identifier = json.load(f)["configurations"]["2d"]["data_identifier"]
+        data_identifier = json.load(f)["configurations"][CONFIGURATION]["data_identifier"]
     data = os.path.join(folder, data_identifier)
     n_done = len(glob.glob(os.path.join(data, "*.pkl")))
     raw_json = os.path.join(raw, dataset_name, "dataset.json")

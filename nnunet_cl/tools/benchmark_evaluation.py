@@ -17,6 +17,7 @@ import sys
 from datetime import datetime
 
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.nnunet_context import CONFIGURATION
 from nnunet_cl.tools.benchmark_children import ChildProcesses
 from nnunet_cl.tools.benchmark_plan import Budget, BenchmarkLayout, FinetuneRun, resolved_levers, run_state
 
@@ -55,7 +56,7 @@ class BenchmarkEvaluation:
     def evaluate_test(self, run: FinetuneRun) -> None:
         out = self.layout.test_predictions(run)
         args = ["nnUNetv2_predict", "-i", os.path.abspath(self.args.test_images), "-o", out, "-d", self.dataset_id,
-                "-c", "2d", "-f", run.fold, "-tr", run.trainer, "-p", self.args.plans, "-device", self.budget.device,
+                "-c", CONFIGURATION, "-f", run.fold, "-tr", run.trainer, "-p", self.args.plans, "-device", self.budget.device,
                 "--continue_prediction", "-npp", self.args.processes, "-nps", self.args.processes]
         if not self.budget.test_time_augmentation:
             args.append("--disable_tta")

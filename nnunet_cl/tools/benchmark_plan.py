@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from nnunet_cl.errors import NnunetClError
-from nnunet_cl.nnunet_context import DEFAULT_PLANS, PRETRAINED_CHECKPOINT, pretraining_folder
+from nnunet_cl.nnunet_context import DEFAULT_PLANS, PRETRAINED_CHECKPOINT, pretraining_folder, results_folder_name
 from nnunet_cl.pretraining.methods import get_method
 
 DEFAULT_FRACTIONS = (0.1, 0.25)
@@ -165,7 +165,7 @@ class PretrainJob:
     folder: str             # the method's results sub-folder for these options
 
     def checkpoint(self, results: str, dataset_name: str, plans: str) -> str:
-        return os.path.join(pretraining_folder(results, dataset_name, self.folder, plans, "2d"), PRETRAINED_CHECKPOINT)
+        return os.path.join(pretraining_folder(results, dataset_name, self.folder, plans), PRETRAINED_CHECKPOINT)
 
     def cli_args(self) -> list:
         args = []
@@ -196,7 +196,7 @@ class FinetuneRun:
         return f"{self.trainer}_fold{self.fold}"
 
     def fold_folder(self, results: str, dataset_name: str, plans: str) -> str:
-        return os.path.join(results, dataset_name, f"{self.trainer}__{plans}__2d", f"fold_{self.fold}")
+        return os.path.join(results, dataset_name, results_folder_name(self.trainer, plans), f"fold_{self.fold}")
 
 
 def fraction_label(fraction: float) -> str:

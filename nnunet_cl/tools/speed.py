@@ -333,7 +333,7 @@ def run_speed(args) -> None:
     methods = args.methods or list(METHODS)
     for name in methods:
         get_method(name)                       # unknown names: one clear error before any work
-    context = load_dataset_context(args.dataset, args.plans, "2d")
+    context = load_dataset_context(args.dataset, args.plans)
     device = torch.device(args.device)
     os.environ["nnUNet_n_proc_DA"] = "0"       # the supervised loader runs in this process, like the engine's
     results_env = os.environ.get("nnUNet_results")

@@ -20,7 +20,7 @@ def supercl_superpixels(dataset: str, plans: str = DEFAULT_PLANS, options: Optio
     positive_int(num_processes, "-np")
     method = get_method("supercl")
     options = method.resolve_options(options or {})
-    context = load_dataset_context(dataset, plans, "2d")
+    context = load_dataset_context(dataset, plans)
     strides = context.build_network().encoder.strides
     _, _, params = method.geometry(context.patch_size, strides, options)
     slices = PreprocessedSlices(context.data_folder, context.patch_size)
