@@ -13,6 +13,8 @@ import torch
 from nnunet_cl.console_scripts import console_script  # noqa: F401 (tests import it from here)
 
 SYNTH_ID = 990
+SYNTH_NAME = "Dataset990_Synth"
+PLANS = "nnUNetPlans"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIPPOCAMPUS = os.path.abspath(os.path.join(REPO, "..", "shared", "data", "Task04_Hippocampus"))
 
@@ -43,6 +45,16 @@ def parameters_with_gradient(module) -> set:
         if not name.endswith("conv.bias") and float(parameter.grad.abs().sum()) > 0:
             names.add(name)
     return names
+
+
+def conv_cosine(state_a: dict, state_b: dict, prefix: str) -> float:
+    """Cosine similarity of the convolution weights (the tensors named ``*weight`` with more than one dimension,
+    so not the norms') under ``prefix``, all flattened into one vector each."""
+    keys = [k for k in state_a if k.startswith(prefix) and k.endswith("weight") and state_a[k].dim() > 1]
+    assert keys, f"no convolution weights under {prefix!r}"
+    a = torch.cat([state_a[k].flatten() for k in keys])
+    b = torch.cat([state_b[k].flatten() for k in keys])
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 def parameters_under(module, prefixes) -> set:
@@ -82,6 +94,17 @@ class NnunetEnv:
             raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                                  f"STDERR:\n{proc.stderr[-4000:]}")
         return proc
+
+    def fold_folder(self, trainer: str, fold=0, dataset: str = SYNTH_NAME) -> str:
+        """Where ``nnUNetv2_train -tr <trainer>`` writes fold ``fold`` (nnU-Net's own folder naming)."""
+        from nnunet_cl.nnunet_context import results_folder_name
+        return os.path.join(self.results, dataset, results_folder_name(trainer, PLANS), f"fold_{fold}")
+
+    def pretraining_folder(self, method_folder: str, dataset: str = SYNTH_NAME) -> str:
+        """Where ``nnunet_cl pretrain`` writes a method's checkpoints (``method_folder``: e.g. ``pcl``,
+        ``semi_local_frac10_fold0``)."""
+        from nnunet_cl.nnunet_context import pretraining_folder
+        return pretraining_folder(self.results, dataset, method_folder, PLANS)
 
     def ext_trainer(self) -> dict:
         from nnunet_cl.ext_trainer import ext_trainer_value

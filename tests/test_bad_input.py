@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nnunet_cl.checkpoint import save_checkpoint
-from nnunet_cl.nnunet_context import architecture_fingerprint
+from nnunet_cl.nnunet_context import architecture_fingerprint, pretraining_folder
+from tests.conftest import PLANS, SYNTH_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ PRIOR_FOLDERS = ("pcl", "simclr", "gcl", "wcl", "jcl", "supercl", "semi_local_fr
 
 
 def method_folder(results, name):
-    return os.path.join(results, "Dataset990_Synth", "nnunet_cl", f"{name}__nnUNetPlans__2d")
+    return pretraining_folder(results, SYNTH_NAME, name, PLANS)
 
 
 @pytest.fixture(scope="module")

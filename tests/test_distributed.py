@@ -116,7 +116,7 @@ def test_torchrun_cli(synthetic_env):
                        "-m", "simclr", "--epochs", "1", "--iters-per-epoch", "2",
                        "--batch-size", "4", "-device", "cpu", "--seed", "3"], OMP_NUM_THREADS="1",
                       nnUNet_n_proc_DA="1")   # one loader worker per rank
-    folder = os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "simclr__nnUNetPlans__2d")
+    folder = synthetic_env.pretraining_folder("simclr")
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["world_size"] == 2 and checkpoint["iteration"] == 2
     log = open(os.path.join(folder, "pretrain_log.txt")).read()

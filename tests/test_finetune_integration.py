@@ -63,7 +63,7 @@ def test_nnunetv2_train_with_schedule(synthetic_env, supercl_checkpoint, trainer
                       **synthetic_env.ext_trainer(), nnUNet_cl_finetune_schedule=schedule,
                       nnUNet_cl_num_epochs=str(EPOCHS), nnUNet_cl_val_mirroring="0",
                       nnUNet_cl_pretrained_checkpoint=supercl_checkpoint, **extra)
-    folder = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", f"fold_{fold}")
+    folder = synthetic_env.fold_folder(trainer, fold)
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["logging"]["lrs"] == pytest.approx(expected_lrs, rel=1e-9)
     state = next(iter(checkpoint["optimizer_state"]["state"].values()))

@@ -49,10 +49,10 @@ def test_hippocampus_pretrain_finetune_predict(tmp_path):
              "--batch-size", "8", "-device", "cpu"])
     trainer = "nnUNetTrainerPCLInit_10pct"
     env.run(["nnUNetv2_train", "4", "2d", "0", "-tr", trainer, "-device", "cpu"], **env.ext_trainer())
-    fold = os.path.join(env.results, "Dataset004_Hippocampus", f"{trainer}__nnUNetPlans__2d", "fold_0")
+    fold = env.fold_folder(trainer, dataset="Dataset004_Hippocampus")
     assert len(json.load(open(os.path.join(fold, "labeled_cases.json")))["labeled_cases"]) == 1  # 10 % of 8
     # The fine-tuning started from the pre-trained encoder: two steps leave it close to the checkpoint.
-    pretrained = torch.load(os.path.join(env.results, "Dataset004_Hippocampus", "nnunet_cl", "pcl__nnUNetPlans__2d",
+    pretrained = torch.load(os.path.join(env.pretraining_folder("pcl", dataset="Dataset004_Hippocampus"),
                                          "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     finetuned = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     keys = [k for k in pretrained["network_weights"] if k.startswith("encoder.") and k.endswith("conv.weight")]

@@ -19,7 +19,7 @@ EPOCHS, ITERS = 12, 2
 
 
 def folder(env, method):
-    return os.path.join(env.results, "Dataset990_Synth", "nnunet_cl", f"{method}__nnUNetPlans__2d")
+    return env.pretraining_folder(method)
 
 
 def pretrain_args(method, *extra):
@@ -125,7 +125,7 @@ def test_sigkill_and_resume_pseudo_label_finetuning(synthetic_env):
     checkpoint that holds a pseudo-label round and again at a random moment, then resumed with nnU-Net's --c."""
     import json
     trainer, epochs = "nnUNetTrainerPseudoLabelCL_10pct", 6
-    fold_folder = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_1")
+    fold_folder = synthetic_env.fold_folder(trainer, fold=1)
     latest = os.path.join(fold_folder, "checkpoint_latest.pth")
     extra = dict(synthetic_env.ext_trainer(), nnUNet_cl_num_epochs=epochs, nnUNet_cl_save_every=1,
                  nnUNet_cl_pseudo_phase1_iterations=1, nnUNet_cl_pseudo_label_every=3, nnUNet_cl_num_threads=1)

@@ -188,7 +188,7 @@ def test_batch_views_are_pixel_aligned_and_downsampled(synthetic_context):
 
 # ---------------------------------------------------------------- pre-training -> Init trainer
 def jcl_folder(env):
-    return os.path.join(env.results, "Dataset990_Synth", "nnunet_cl", "jcl__nnUNetPlans__2d")
+    return env.pretraining_folder("jcl")
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_finetune_with_jcl_init_10pct(synthetic_env, jcl_checkpoint):
     trainer = "nnUNetTrainerJCLInit_10pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       **synthetic_env.ext_trainer())
-    folder = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_0")
+    folder = synthetic_env.fold_folder(trainer)
     log = training_log(folder)
     # by default only the encoder; the decoder blocks the method trained are named as not loaded
     assert "nnunet_cl: loaded" in log and "under ['encoder.']" in log and "(method jcl)" in log

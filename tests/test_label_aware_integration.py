@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import training_log
+from tests.conftest import conv_cosine, training_log
 
 pytestmark = pytest.mark.integration
 
@@ -22,28 +22,12 @@ def _single_thread(one_torch_thread):
     yield
 
 
-def results_dir(env, folder):
-    return os.path.join(env.results, "Dataset990_Synth", folder)
-
-
-def fold_dir(env, trainer, fold=0):
-    return os.path.join(results_dir(env, f"{trainer}__nnUNetPlans__2d"), f"fold_{fold}")
-
-
-def cosine(state_a, state_b, prefix):
-    keys = [k for k in state_a if k.startswith(prefix) and k.endswith("weight")]
-    a = torch.cat([state_a[k].flatten() for k in keys])
-    b = torch.cat([state_b[k].flatten() for k in keys])
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-
-
 @pytest.fixture(scope="module")
 def semi_local_checkpoint(synthetic_env):
     synthetic_env.run(["nnunet_cl", "pretrain", "-d", "990", "-m", "semi_local", "--fraction", "0.1", "--fold", "0",
                        "--epochs", "2", "--iters-per-epoch", "1", "--batch-size", "2", "-o", "stage2_batch_size=2",
                        "-device", "cpu"], OMP_NUM_THREADS=1)
-    return os.path.join(results_dir(synthetic_env, "nnunet_cl"), "semi_local_frac10_fold0__nnUNetPlans__2d",
-                        "checkpoint_final.pth")
+    return os.path.join(synthetic_env.pretraining_folder("semi_local_frac10_fold0"), "checkpoint_final.pth")
 
 
 def test_semi_local_pretraining_then_init_trainer(synthetic_env, semi_local_checkpoint):
@@ -58,15 +42,15 @@ def test_semi_local_pretraining_then_init_trainer(synthetic_env, semi_local_chec
     trainer = "nnUNetTrainerSemiLocalInit_10pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       nnUNet_cl_num_threads=1, nnUNet_cl_pretrained_parts="all", **synthetic_env.ext_trainer())
-    folder = fold_dir(synthetic_env, trainer)
+    folder = synthetic_env.fold_folder(trainer)
     log = training_log(folder)
     assert "nnunet_cl: loaded" in log and "under ['encoder.', 'decoder.stages.', 'decoder.transpconvs.']" in log
     finetuned = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
                            weights_only=False)["network_weights"]
     pretrained = checkpoint["network_weights"]
     for prefix in ("encoder.", "decoder.stages.", "decoder.transpconvs."):
-        assert cosine(finetuned, pretrained, prefix) > 0.95, prefix   # loaded, then moved by two steps
-    assert cosine(finetuned, pretrained, "decoder.seg_layers.") < 0.5   # fresh segmentation layers
+        assert conv_cosine(finetuned, pretrained, prefix) > 0.95, prefix   # loaded, then moved by two steps
+    assert conv_cosine(finetuned, pretrained, "decoder.seg_layers.") < 0.5   # fresh segmentation layers
     subset = json.load(open(os.path.join(folder, "labeled_cases.json")))
     splits = json.load(open(os.path.join(synthetic_env.preprocessed, "Dataset990_Synth", "splits_final.json")))
     from nnunet_cl.label_subsets import labeled_subset
@@ -80,7 +64,7 @@ def pseudo_label_run(synthetic_env):
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       nnUNet_cl_pseudo_phase1_iterations=1, nnUNet_cl_pseudo_label_every=1, nnUNet_cl_num_threads=1,
                       **synthetic_env.ext_trainer())
-    return trainer, fold_dir(synthetic_env, trainer)
+    return trainer, synthetic_env.fold_folder(trainer)
 
 
 def test_pseudo_label_training_writes_rounds_and_a_stock_checkpoint(synthetic_env, synthetic_context,

@@ -167,7 +167,7 @@ def test_workers_die_with_the_training_process(synthetic_env, how):
 @pytest.mark.integration
 def test_resume_with_workers_continues_the_in_process_run(synthetic_env):
     """--c with loader workers: the losses of an interrupted-and-resumed run equal an uninterrupted in-process run."""
-    folder = os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "simclr__nnUNetPlans__2d")
+    folder = synthetic_env.pretraining_folder("simclr")
     args = [console_script("nnunet_cl"), "pretrain", "-d", "990", "-m", "simclr", "--epochs", "2",
             "--iters-per-epoch", "3", "--batch-size", "4", "-device", "cpu", "--seed", "4"]
 

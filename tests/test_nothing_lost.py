@@ -19,11 +19,12 @@ import torch
 from nnunet_cl.atomic import atomic_target, atomic_torch_save, atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
-from tests.conftest import console_script, sigint_as_in_a_terminal
+from nnunet_cl.nnunet_context import pretraining_folder
+from tests.conftest import PLANS, SYNTH_NAME, console_script, sigint_as_in_a_terminal
 
 
 def folder(results, method):
-    return os.path.join(results, "Dataset990_Synth", "nnunet_cl", f"{method}__nnUNetPlans__2d")
+    return pretraining_folder(results, SYNTH_NAME, method, PLANS)
 
 
 def pretrain(method, epochs, iters=2, *extra):

@@ -8,36 +8,22 @@ import os
 import pytest
 import torch
 
-from tests.conftest import training_log
+from tests.conftest import conv_cosine, training_log
 
 pytestmark = pytest.mark.integration
-
-
-def pretrained_dir(env, method="pcl"):
-    return os.path.join(env.results, "Dataset990_Synth", "nnunet_cl", f"{method}__nnUNetPlans__2d")
-
-
-def fold_dir(env, trainer, fold=0):
-    return os.path.join(env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", f"fold_{fold}")
-
-
-def conv_cosine(state_a, state_b, prefix="encoder."):
-    """Cosine similarity of the convolution weights under ``prefix``, all flattened into one vector each."""
-    keys = [k for k in state_a if k.startswith(prefix) and k.endswith("conv.weight")]
-    a = torch.cat([state_a[k].flatten() for k in keys])
-    b = torch.cat([state_b[k].flatten() for k in keys])
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 @pytest.fixture(scope="module")
 def pcl_checkpoint(synthetic_env):
     synthetic_env.run(["nnunet_cl", "pretrain", "-d", "990", "-m", "pcl", "--epochs", "2", "--iters-per-epoch", "2",
                        "--batch-size", "4", "-device", "cpu"])
-    return os.path.join(pretrained_dir(synthetic_env), "checkpoint_final.pth")
+    return os.path.join(synthetic_env.pretraining_folder("pcl"), "checkpoint_final.pth")
 
 
 def test_pretrain_writes_checkpoints_log_curves_config(synthetic_env, pcl_checkpoint):
-    folder = pretrained_dir(synthetic_env)
+    folder = synthetic_env.pretraining_folder("pcl")
+    # README's layout, spelled out once here; every other test finds the folders through the helpers.
+    assert folder == os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "pcl__nnUNetPlans__2d")
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "progress.png", "config.json", "pretrain_log.txt"):
         assert os.path.isfile(os.path.join(folder, name)), name
     assert not glob.glob(os.path.join(folder, "*.tmp"))
@@ -55,7 +41,7 @@ def test_finetune_from_pretrained_encoder_then_predict(synthetic_env, pcl_checkp
     trainer = "nnUNetTrainerPCLInit_25pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       **synthetic_env.ext_trainer())
-    folder = fold_dir(synthetic_env, trainer)
+    folder = synthetic_env.fold_folder(trainer)
     log = training_log(folder)
     assert "nnunet_cl: loaded" in log and "['encoder.']" in log
     assert "without test-time mirroring" not in log     # nnU-Net's default validation
@@ -67,7 +53,7 @@ def test_finetune_from_pretrained_encoder_then_predict(synthetic_env, pcl_checkp
     finetuned = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
                            weights_only=False)["network_weights"]
     # Two fine-tuning steps move the weights only slightly: the encoder must still be the pre-trained one.
-    assert conv_cosine(finetuned, pretrained) > 0.95
+    assert conv_cosine(finetuned, pretrained, "encoder.") > 0.95
 
     output = tmp_path / "pred"
     synthetic_env.run(["nnUNetv2_predict", "-i", os.path.join(synthetic_env.raw, "Dataset990_Synth", "imagesTs"),
@@ -80,7 +66,7 @@ def test_scratch_baseline_does_not_start_from_the_pretrained_encoder(synthetic_e
     trainer = "nnUNetTrainerScratch_25pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       nnUNet_cl_val_mirroring="0", **synthetic_env.ext_trainer())
-    folder = fold_dir(synthetic_env, trainer)
+    folder = synthetic_env.fold_folder(trainer)
     final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     finetuned = final["network_weights"]
     # nnUNet_cl_val_mirroring=0: the final validation ran unmirrored, the checkpoint keeps the mirror axes
@@ -90,9 +76,9 @@ def test_scratch_baseline_does_not_start_from_the_pretrained_encoder(synthetic_e
     assert final["inference_allowed_mirroring_axes"] is not None
     assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
     pretrained = torch.load(pcl_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    assert abs(conv_cosine(finetuned, pretrained)) < 0.5
+    assert abs(conv_cosine(finetuned, pretrained, "encoder.")) < 0.5
     # Same fold and fraction -> the same labelled subset as the Init trainer.
-    init_subset = json.load(open(os.path.join(fold_dir(synthetic_env, "nnUNetTrainerPCLInit_25pct"),
+    init_subset = json.load(open(os.path.join(synthetic_env.fold_folder("nnUNetTrainerPCLInit_25pct"),
                                               "labeled_cases.json")))
     assert json.load(open(os.path.join(folder, "labeled_cases.json")))["labeled_cases"] == init_subset["labeled_cases"]
 
@@ -102,7 +88,7 @@ def test_stock_pretrained_weights_flag_accepts_our_checkpoint(synthetic_env, pcl
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "1", "-tr", trainer, "-device", "cpu", "-pretrained_weights",
                        pcl_checkpoint], **synthetic_env.ext_trainer())
     pretrained = torch.load(pcl_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    finetuned = torch.load(os.path.join(fold_dir(synthetic_env, trainer, fold=1), "checkpoint_final.pth"),
+    finetuned = torch.load(os.path.join(synthetic_env.fold_folder(trainer, fold=1), "checkpoint_final.pth"),
                            map_location="cpu", weights_only=False)["network_weights"]
     # nnU-Net's loader copies every weight but the segmentation layers; two fine-tuning steps move them only
     # slightly (an unloaded network is near 0, see the scratch test above).
@@ -116,7 +102,7 @@ def test_resume_continues_from_saved_epoch(synthetic_env):
     synthetic_env.run(common + ["--epochs", "2"])
     proc = synthetic_env.run(common + ["--epochs", "3", "--c"])
     assert "resumed from" in proc.stdout and "at epoch 2, iteration 4" in proc.stdout
-    checkpoint = torch.load(os.path.join(pretrained_dir(synthetic_env, "simclr"), "checkpoint_final.pth"),
+    checkpoint = torch.load(os.path.join(synthetic_env.pretraining_folder("simclr"), "checkpoint_final.pth"),
                             map_location="cpu", weights_only=False)
     assert checkpoint["current_epoch"] == 3 and checkpoint["logging"]["epoch"] == [1, 2, 3]
     assert checkpoint["optimizer_state"]["state"]  # momentum buffers were saved and restored

@@ -20,7 +20,7 @@ def test_supercl_pretrain_and_finetune(synthetic_env, tmp_path):
 
     synthetic_env.run(["nnunet_cl", "pretrain", "-d", "990", "-m", "supercl", "--epochs", "1", "--iters-per-epoch",
                        "2", "--batch-size", "4", "-device", "cpu"])
-    folder = os.path.join(synthetic_env.results, "Dataset990_Synth", "nnunet_cl", "supercl__nnUNetPlans__2d")
+    folder = synthetic_env.pretraining_folder("supercl")
     checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["method"] == "supercl" and checkpoint["pretrained_prefixes"] == ["encoder."]
     log = open(os.path.join(folder, "pretrain_log.txt")).read()
@@ -30,7 +30,7 @@ def test_supercl_pretrain_and_finetune(synthetic_env, tmp_path):
     trainer = "nnUNetTrainerSuperCLInit_10pct"
     synthetic_env.run(["nnUNetv2_train", "990", "2d", "0", "-tr", trainer, "-device", "cpu"],
                       **synthetic_env.ext_trainer())
-    fold = os.path.join(synthetic_env.results, "Dataset990_Synth", f"{trainer}__nnUNetPlans__2d", "fold_0")
+    fold = synthetic_env.fold_folder(trainer)
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
     log = training_log(fold)
     assert "nnunet_cl: loaded" in log and "supercl" in log
