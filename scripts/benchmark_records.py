@@ -10,6 +10,7 @@ thread, README "determinism").
     python scripts/benchmark_records.py save    OUTPUT RECORDS
     python scripts/benchmark_records.py restore RECORDS OUTPUT
     python scripts/benchmark_records.py check   RECORDS OUTPUT
+    python scripts/benchmark_records.py merge   OTHER   OUTPUT
 
 Records, as paths relative to the output: ``budget.json``, ``results.md``, ``results.csv``, the per-case
 metrics ``metrics/<trainer>/fold_X_<split>.csv``, the runs' logs ``logs/*.log``, nnU-Net's
@@ -18,6 +19,14 @@ an unfinished run is left out), and
 ``pretrained_weights.json``: a SHA-256 of the network weights of every pre-trained ``checkpoint_final.pth``.
 ``restore`` never overwrites: a recorded file that exists in the output with other content is refused
 before anything is written.
+
+``merge`` joins two outputs of one benchmark command that ran at the same time (one output is locked by one
+benchmark, so a second fold in parallel goes to a second output): every finished run of OTHER -- its whole fold
+folder (checkpoints and predictions too), per-case metrics, test predictions and log -- is copied into OUTPUT.
+Refused before anything is written when the budgets differ, when a pre-trained checkpoint both hold has other
+weights (the runs would not share their start), when a run of OTHER is already in OUTPUT, or while a benchmark
+holds OUTPUT. The report is not merged: the benchmark's own command on OUTPUT then counts the merged runs as
+finished and writes it.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import sys
 
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
+from nnunet_cl.folder_lock import FolderLock
 from nnunet_cl.tools.benchmark_plan import (pretrained_checkpoint_pattern,  # the output layout has one home
                                             record_patterns, runs_in, training_done)
 
@@ -125,11 +135,61 @@ def check(records: str, output: str) -> list:
     return states
 
 
+def require_benchmark_output(folder: str) -> None:
+    require_folder(folder, "output", "give an nnunet_cl benchmark output folder (-o OUTPUT)")
+    if not os.path.isfile(os.path.join(folder, "budget.json")):
+        raise NnunetClError(f"{folder} has no budget.json: not an nnunet_cl benchmark output")
+
+
+def run_paths(layout, run) -> list:
+    """Everything of one finished run in its output: the fold folder, metrics, test predictions, log (those
+    that exist), as absolute paths."""
+    paths = [layout.fold_folder(run), layout.test_predictions(run), layout.log_file(run.log_name)]
+    paths += [layout.metrics_file(run, split) for split in ("val", "test")]
+    return [path for path in paths if os.path.exists(path)]
+
+
+def merge(other: str, output: str) -> list:
+    """Copy the finished runs of ``other`` into ``output``; returns their names (``<trainer>_fold<X>``)."""
+    require_benchmark_output(other)
+    require_benchmark_output(output)
+    if not filecmp.cmp(os.path.join(other, "budget.json"), os.path.join(output, "budget.json"), shallow=False):
+        raise NnunetClError(f"the budget.json of {other} and {output} differ: a table holds runs of one budget only; "
+                            "merge outputs of the same benchmark command")
+    for relative, digest in pretrained_digests(other).items():
+        mine = os.path.join(output, relative)
+        if os.path.isfile(mine) and weights_digest(mine) != digest:
+            raise NnunetClError(f"{relative} has other weights in {other} than in {output}: their runs do not start "
+                                "from the same pre-training; keep them in separate outputs")
+    finished = [(layout, run) for layout, run in runs_in(other) if training_done(layout, run)]
+    relatives = sorted(os.path.relpath(path, other) for layout, run in finished for path in run_paths(layout, run))
+    if not relatives:
+        raise NnunetClError(f"{other} has no finished fine-tuning run to merge")
+    present = [relative for relative in relatives if os.path.exists(os.path.join(output, relative))]
+    if present:
+        raise NnunetClError(f"{os.path.join(output, present[0])} exists already ({len(present)} such paths): that run "
+                            "is in both outputs; move one of them away first")
+    with FolderLock(output, "benchmark_records.py merge", fix="wait for that benchmark to finish"):
+        for relative in relatives:
+            source, target = os.path.join(other, relative), os.path.join(output, relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.isdir(source):
+                # copied beside, then renamed: a merge killed midway leaves no half fold folder that reads as a run
+                partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.merging.tmp")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial)
+                os.rename(partial, target)
+            else:
+                shutil.copyfile(source, target)
+    return [run.log_name for _, run in finished]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("save", "restore", "check"))
-    parser.add_argument("source", help="save: the benchmark output; restore / check: the records folder")
-    parser.add_argument("target", help="save: the records folder; restore / check: the benchmark output")
+    parser.add_argument("action", choices=("save", "restore", "check", "merge"))
+    parser.add_argument("source", help="save: the benchmark output; restore / check: the records folder; merge: the "
+                                       "output whose finished runs are copied")
+    parser.add_argument("target", help="save: the records folder; restore / check / merge: the benchmark output")
     args = parser.parse_args(argv)
     try:
         if args.action == "save":
@@ -138,6 +198,10 @@ def main(argv=None) -> None:
         elif args.action == "restore":
             copied = restore(args.source, args.target)
             print(f"{len(copied)} records restored into {args.target}; continue with the benchmark's own command")
+        elif args.action == "merge":
+            merged = merge(args.source, args.target)
+            print(f"{len(merged)} finished runs merged into {args.target} ({', '.join(merged)}); write its report "
+                  "with the benchmark's own command")
         else:
             states = check(args.source, args.target)
             for relative, state in states:

@@ -120,10 +120,83 @@ def test_check_same_missing_and_a_changed_weight(output, tmp_path):
     assert differs.returncode == 1 and differs.stdout.split() == ["differs", PRETRAINED]
 
 
-@pytest.mark.parametrize("action", ["save", "restore", "check"])
+@pytest.mark.parametrize("action", ["save", "restore", "check", "merge"])
 def test_wrong_folder_is_one_line(action, tmp_path):
     (tmp_path / "empty").mkdir()
     result = run(action, tmp_path / "empty", tmp_path / "target")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "target").exists()
+
+
+# ------------------------------------------------------------------------------------------ merge
+FOLD2 = RUN.replace("fold_0", "fold_2")
+OTHER_RUN = [f"{FOLD2}/validation/summary.json", f"{FOLD2}/checkpoint_final.pth", f"{FOLD2}/validation/case.nii.gz",
+             "metrics/nnUNetTrainerSuperCLInit_10pct/fold_2_val.csv", "logs/nnUNetTrainerSuperCLInit_10pct_fold2.log"]
+OTHER_UNFINISHED = [f"{UNFINISHED.replace('fold_1', 'fold_3')}/checkpoint_latest.pth",
+                    "logs/nnUNetTrainerSuperCLInit_10pct_fold3.log"]
+
+
+@pytest.fixture()
+def other(tmp_path):
+    """A second output of the same benchmark command: fold 2 finished, fold 3 still going, the same pre-training."""
+    folder = tmp_path / "other"
+    for relative in ["budget.json", "results.md", PRETRAINED] + OTHER_RUN + OTHER_UNFINISHED:
+        if relative.endswith(".pth"):
+            save_weights(str(folder / relative))
+        else:
+            content = "content of budget.json\n" if relative == "budget.json" else f"other's {relative}\n"
+            write(str(folder / relative), content)
+    return folder
+
+
+def test_merge_copies_the_finished_runs_only(output, other):
+    before = {relative: (output / relative).read_bytes() for relative in files_under(output)}
+    result = run("merge", other, output)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("1 finished runs merged") and "(nnUNetTrainerSuperCLInit_10pct_fold2)" in result.stdout
+    assert files_under(output) == sorted(list(before) + OTHER_RUN)
+    for relative in OTHER_RUN:
+        assert (output / relative).read_bytes() == (other / relative).read_bytes()
+    for relative, content in before.items():             # the output's own report and runs stay as they were
+        assert (output / relative).read_bytes() == content
+    again = run("merge", other, output)                  # the run is now in both: refused, nothing written
+    assert again.returncode == 1 and "exists already" in again.stderr
+    assert files_under(output) == sorted(list(before) + OTHER_RUN)
+
+
+def differing_budget(other):
+    write(str(other / "budget.json"), "another budget\n")
+    return "budget.json of"
+
+
+def other_pretraining(other):
+    save_weights(str(other / PRETRAINED), scale=2.0)
+    return "has other weights"
+
+
+def same_run(other):
+    write(str(other / RUN / "validation" / "summary.json"), "a second fold 0\n")
+    return "exists already"
+
+
+def locked_output(other):
+    from nnunet_cl.folder_lock import LOCK_NAME
+    return LOCK_NAME   # the test holds the lock itself
+
+
+@pytest.mark.parametrize("spoil", [differing_budget, other_pretraining, same_run, locked_output])
+def test_merge_refusals_write_nothing(output, other, spoil):
+    from nnunet_cl.folder_lock import FolderLock
+    expected = spoil(other)
+    before = {relative: (output / relative).read_bytes() for relative in files_under(output)}
+    if spoil is locked_output:
+        with FolderLock(str(output), "nnunet_cl benchmark"):
+            result = run("merge", other, output)
+        expected = "is in use by another run"
+    else:
+        result = run("merge", other, output)
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert {relative: (output / relative).read_bytes() for relative in files_under(output)} == before
