@@ -43,8 +43,8 @@ import sys
 from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.folder_lock import FolderLock
-from nnunet_cl.tools.benchmark_plan import (pretrained_checkpoint_pattern,  # the output layout has one home
-                                            record_patterns, runs_in, training_done)
+from nnunet_cl.tools.benchmark_plan import (METRIC_SPLITS,  # the output layout has one home
+                                            pretrained_checkpoint_pattern, record_patterns, runs_in, training_done)
 
 DIGESTS = "pretrained_weights.json"
 
@@ -85,11 +85,15 @@ def require_folder(path: str, what: str, how_to_fix: str) -> None:
         raise NnunetClError(f"{what} {path} is not a folder; {how_to_fix}")
 
 
+def require_benchmark_output(folder: str) -> None:
+    require_folder(folder, "output", "give an nnunet_cl benchmark output folder (-o OUTPUT)")
+    if not os.path.isfile(os.path.join(folder, "budget.json")):
+        raise NnunetClError(f"{folder} has no budget.json: not an nnunet_cl benchmark output")
+
+
 def save(output: str, records: str) -> list:
-    require_folder(output, "output", "give an nnunet_cl benchmark output folder (-o OUTPUT)")
+    require_benchmark_output(output)
     files = record_files(output)
-    if "budget.json" not in files:
-        raise NnunetClError(f"{output} has no budget.json: not an nnunet_cl benchmark output")
     for relative in files:
         target = os.path.join(records, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -135,17 +139,11 @@ def check(records: str, output: str) -> list:
     return states
 
 
-def require_benchmark_output(folder: str) -> None:
-    require_folder(folder, "output", "give an nnunet_cl benchmark output folder (-o OUTPUT)")
-    if not os.path.isfile(os.path.join(folder, "budget.json")):
-        raise NnunetClError(f"{folder} has no budget.json: not an nnunet_cl benchmark output")
-
-
 def run_paths(layout, run) -> list:
     """Everything of one finished run in its output: the fold folder, metrics, test predictions, log (those
     that exist), as absolute paths."""
     paths = [layout.fold_folder(run), layout.test_predictions(run), layout.log_file(run.log_name)]
-    paths += [layout.metrics_file(run, split) for split in ("val", "test")]
+    paths += [layout.metrics_file(run, split) for split in METRIC_SPLITS]
     return [path for path in paths if os.path.exists(path)]
 
 
@@ -156,9 +154,10 @@ def merge(other: str, output: str) -> list:
     if not filecmp.cmp(os.path.join(other, "budget.json"), os.path.join(output, "budget.json"), shallow=False):
         raise NnunetClError(f"the budget.json of {other} and {output} differ: a table holds runs of one budget only; "
                             "merge outputs of the same benchmark command")
-    for relative, digest in pretrained_digests(other).items():
+    for theirs in glob.glob(pretrained_checkpoint_pattern(glob.escape(other))):   # hashed only where both hold one
+        relative = os.path.relpath(theirs, other)
         mine = os.path.join(output, relative)
-        if os.path.isfile(mine) and weights_digest(mine) != digest:
+        if os.path.isfile(mine) and weights_digest(mine) != weights_digest(theirs):
             raise NnunetClError(f"{relative} has other weights in {other} than in {output}: their runs do not start "
                                 "from the same pre-training; keep them in separate outputs")
     finished = [(layout, run) for layout, run in runs_in(other) if training_done(layout, run)]

@@ -47,6 +47,13 @@ def parameters_with_gradient(module) -> set:
     return names
 
 
+def synthetic_pretraining_folder(results: str, method_folder: str, dataset: str = SYNTH_NAME) -> str:
+    """Where ``nnunet_cl pretrain`` writes a method's checkpoints under the nnU-Net results root ``results``
+    (``method_folder``: e.g. ``pcl``, ``semi_local_frac10_fold0``)."""
+    from nnunet_cl.nnunet_context import pretraining_folder
+    return pretraining_folder(results, dataset, method_folder, PLANS)
+
+
 def conv_cosine(state_a: dict, state_b: dict, prefix: str) -> float:
     """Cosine similarity of the convolution weights (the tensors named ``*weight`` with more than one dimension,
     so not the norms') under ``prefix``, all flattened into one vector each."""
@@ -101,10 +108,7 @@ class NnunetEnv:
         return os.path.join(self.results, dataset, results_folder_name(trainer, PLANS), f"fold_{fold}")
 
     def pretraining_folder(self, method_folder: str, dataset: str = SYNTH_NAME) -> str:
-        """Where ``nnunet_cl pretrain`` writes a method's checkpoints (``method_folder``: e.g. ``pcl``,
-        ``semi_local_frac10_fold0``)."""
-        from nnunet_cl.nnunet_context import pretraining_folder
-        return pretraining_folder(self.results, dataset, method_folder, PLANS)
+        return synthetic_pretraining_folder(self.results, method_folder, dataset)
 
     def ext_trainer(self) -> dict:
         from nnunet_cl.ext_trainer import ext_trainer_value

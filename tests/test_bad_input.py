@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nnunet_cl.checkpoint import save_checkpoint
-from nnunet_cl.nnunet_context import architecture_fingerprint, pretraining_folder
-from tests.conftest import PLANS, SYNTH_NAME
+from nnunet_cl.nnunet_context import architecture_fingerprint
+from tests.conftest import synthetic_pretraining_folder
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +22,6 @@ PRETRAIN = ["nnunet_cl", "pretrain", "--epochs", "1", "--iters-per-epoch", "1", 
 PCL = PRETRAIN + ["-d", "990", "-m", "pcl"]
 # Folders of the methods the matrix pre-trains into; each holds an earlier run before the matrix starts.
 PRIOR_FOLDERS = ("pcl", "simclr", "gcl", "wcl", "jcl", "supercl", "semi_local_frac10_fold0")
-
-
-def method_folder(results, name):
-    return pretraining_folder(results, SYNTH_NAME, name, PLANS)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def prior_results(synthetic_env, tmp_path_factory):
     synthetic_env.run(["nnunet_cl", "pretrain", "-d", "990", "-m", "pcl", "--epochs", "1", "--iters-per-epoch", "2",
                        "--batch-size", "4", "-device", "cpu"], nnUNet_results=results)
     for name in PRIOR_FOLDERS[1:]:
-        shutil.copytree(method_folder(results, "pcl"), method_folder(results, name))
+        shutil.copytree(synthetic_pretraining_folder(results, "pcl"), synthetic_pretraining_folder(results, name))
     return results
 
 

@@ -19,12 +19,7 @@ import torch
 from nnunet_cl.atomic import atomic_target, atomic_torch_save, atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.folder_lock import LOCK_NAME, FolderLock
-from nnunet_cl.nnunet_context import pretraining_folder
-from tests.conftest import PLANS, SYNTH_NAME, console_script, sigint_as_in_a_terminal
-
-
-def folder(results, method):
-    return pretraining_folder(results, SYNTH_NAME, method, PLANS)
+from tests.conftest import console_script, sigint_as_in_a_terminal, synthetic_pretraining_folder
 
 
 def pretrain(method, epochs, iters=2, *extra):
@@ -88,7 +83,7 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
 @pytest.mark.integration
 def test_fresh_run_keeps_the_earlier_run_until_its_first_checkpoint(synthetic_env, tmp_path):
     results = str(tmp_path / "results")
-    out = folder(results, "pcl")
+    out = synthetic_pretraining_folder(results, "pcl")
     synthetic_env.run(pretrain("pcl", 2, 2, "--seed", "3"), nnUNet_results=results)
     earlier = digests(out)
     assert {"checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_previous.pth", "config.json"} <= set(earlier)
@@ -113,7 +108,7 @@ def test_fresh_run_keeps_the_earlier_run_until_its_first_checkpoint(synthetic_en
 @pytest.mark.integration
 def test_second_run_into_the_same_folder_is_refused_and_ctrl_c_says_how_to_resume(synthetic_env, tmp_path):
     results = str(tmp_path / "results")
-    out = folder(results, "simclr")
+    out = synthetic_pretraining_folder(results, "simclr")
     first = start(synthetic_env, pretrain("simclr", 1000, 4, "--seed", "7"), results)   # runs until stopped
     wait_for_line(first, "epoch 1/1000")                   # running, holding the lock
 
@@ -156,7 +151,7 @@ def test_stale_lock_of_a_killed_run_is_taken_over(synthetic_env, tmp_path):
     wait_for_line(run, "epoch 1/1000")
     run.send_signal(signal.SIGKILL)
     run.wait()
-    lock = os.path.join(folder(results, "pcl"), LOCK_NAME)
+    lock = os.path.join(synthetic_pretraining_folder(results, "pcl"), LOCK_NAME)
     assert f"pid {run.pid} " in open(lock).read()
     proc = synthetic_env.run(pretrain("pcl", 1, 1), nnUNet_results=results)
     assert "WARNING: taking over the stale lock" in proc.stderr and f"pid {run.pid} " in proc.stderr

@@ -19,7 +19,8 @@ from datetime import datetime
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.nnunet_context import CONFIGURATION
 from nnunet_cl.tools.benchmark_children import ChildProcesses
-from nnunet_cl.tools.benchmark_plan import Budget, BenchmarkLayout, FinetuneRun, resolved_levers, run_state
+from nnunet_cl.tools.benchmark_plan import (METRIC_SPLITS, Budget, BenchmarkLayout, FinetuneRun, resolved_levers,
+                                            run_state)
 
 
 class BenchmarkEvaluation:
@@ -88,7 +89,7 @@ class BenchmarkEvaluation:
 
         rows = []
         for run in runs:
-            for split in ("val", "test"):
+            for split in METRIC_SPLITS:
                 path = self.layout.metrics_file(run, split)
                 if os.path.isfile(path):
                     rows += read_rows(path)

@@ -282,6 +282,10 @@ def plan_runs(families: BenchmarkFamilies, methods=None, fractions=DEFAULT_FRACT
 
 
 # ---------------------------------------------------------------------------------------------- state
+# The evaluations a run can have: nnU-Net's validation cases of its fold, and the --test-images set.
+METRIC_SPLITS = ("val", "test")
+
+
 @dataclass(frozen=True)
 class BenchmarkLayout:
     """Where one benchmark keeps everything: ``output/`` with its own ``nnUNet_results``."""
@@ -300,6 +304,7 @@ class BenchmarkLayout:
         return run.fold_folder(self.results, self.dataset_name, self.plans)
 
     def metrics_file(self, run: FinetuneRun, split: str) -> str:
+        """Per-case metrics of ``run`` on ``split`` (one of ``METRIC_SPLITS``)."""
         return os.path.join(self.output, "metrics", run.trainer, f"fold_{run.fold}_{split}.csv")
 
     def test_predictions(self, run: FinetuneRun) -> str:
