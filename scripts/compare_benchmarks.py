@@ -9,6 +9,14 @@ effect with both 95 % intervals of :mod:`nnunet_cl.tools.paired_stats` (cases, s
     python scripts/compare_benchmarks.py scratch=../bench/scratch:nnUNetTrainerScratch_10pct \
         pcl_warmup=../bench/pcl_warmup:nnUNetTrainerPCLInit_10pct -o comparison.md
 
+A start may pool several runs, ``LABEL=OUTPUT:TRAINER+OUTPUT:TRAINER...``, to judge one lever over several
+methods: then every start has as many parts, the i-th part of each start is paired with the i-th part of
+the reference, and each (part, fold) counts as one fold of the paired statistics (columns ``p1 f0`` ...):
+
+    python scripts/compare_benchmarks.py \
+        stock=../bench/pcl:nnUNetTrainerPCLInit_10pct+../bench/wcl:nnUNetTrainerWCLInit_10pct \
+        reset=../bench/pcl_reset:nnUNetTrainerPCLInit_10pct+../bench/wcl_reset:nnUNetTrainerWCLInit_10pct
+
 ``--curve PNG`` also draws the effects as curves over a numeric setting (e.g. pre-training steps): every
 start but the reference is then labelled ``SERIES@X`` (``supercl@250=...``), one line per series, the cases
 interval as error bars, the reference at 0.
@@ -27,12 +35,13 @@ from nnunet_cl.errors import NnunetClError
 
 
 def parse_start(text: str) -> tuple:
+    """``LABEL=OUTPUT:TRAINER[+OUTPUT:TRAINER...]`` -> ``(label, [(output, trainer), ...])``."""
     label, sep, rest = text.partition("=")
-    output, sep2, trainer = rest.rpartition(":")
-    if not (sep and sep2 and label and output and trainer):
+    parts = [part.rpartition(":")[::2] for part in rest.split("+")]
+    if not (sep and label and all(output and trainer for output, trainer in parts)):
         raise NnunetClError(f"{text!r} is not LABEL=OUTPUT:TRAINER (e.g. scratch=../bench/scratch:"
-                            "nnUNetTrainerScratch_10pct)")
-    return label, output, trainer
+                            "nnUNetTrainerScratch_10pct; pooled: LABEL=OUTPUT:TRAINER+OUTPUT:TRAINER)")
+    return label, parts
 
 
 def load_start(output: str, trainer: str) -> dict:
@@ -47,12 +56,19 @@ def load_start(output: str, trainer: str) -> dict:
     return dict(scores)
 
 
+def load_pooled(parts: list) -> dict:
+    """One part: ``load_start``'s ``{fold: cases}``; several: ``{"p<i> f<fold>": cases}`` over the parts."""
+    if len(parts) == 1:
+        return load_start(*parts[0])
+    return {f"p{i} f{fold}": cases for i, part in enumerate(parts, 1) for fold, cases in load_start(*part).items()}
+
+
 def comparison_table(starts: list) -> str:
     from nnunet_cl.tools.benchmark_report import format_difference
     from nnunet_cl.tools.paired_stats import compare
     reference_label, reference = starts[0]
     folds = sorted({fold for _, scores in starts for fold in scores}, key=str)
-    lines = [f"| start | {' | '.join(f'fold {f}' for f in folds)} | mean | Δ vs {reference_label} | "
+    lines = [f"| start | {' | '.join(f if isinstance(f, str) else f'fold {f}' for f in folds)} | mean | Δ vs {reference_label} | "
              "95 % CI (cases) | 95 % CI (folds) |",
              "|---" * (len(folds) + 5) + "|"]
     for label, scores in starts:
@@ -123,10 +139,13 @@ def main(argv=None) -> None:
         if len(args.starts) < 2:
             raise NnunetClError("give at least two starts: the reference and one to compare with it")
         parsed = [parse_start(text) for text in args.starts]
-        labels = [label for label, _, _ in parsed]
+        labels = [label for label, _ in parsed]
         if len(set(labels)) != len(labels):
             raise NnunetClError(f"labels must differ: {', '.join(labels)}")
-        starts = [(label, load_start(output, trainer)) for label, output, trainer in parsed]
+        if len({len(parts) for _, parts in parsed}) > 1:
+            raise NnunetClError("pooled starts pair their parts in order: give every start as many "
+                                "OUTPUT:TRAINER parts (joined by +)")
+        starts = [(label, load_pooled(parts)) for label, parts in parsed]
         table = comparison_table(starts)
         points = curve_points(starts) if args.curve else None
     except NnunetClError as error:

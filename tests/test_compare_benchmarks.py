@@ -52,7 +52,27 @@ def test_one_shared_fold_has_no_fold_interval_and_names_the_shared_folds(tmp_pat
     assert proc.stdout.splitlines()[3] == "| pcl | 60.00 | — | 60.00 | -10.00 | [-10.00, -10.00] | – |"
 
 
+def test_pooled_starts_pair_part_by_part_and_count_each_part_and_fold_as_one_fold(tmp_path):
+    # two methods, stock and a lever: +1 point on method 1 (both folds), +3 on method 2's only fold
+    write_start(tmp_path / "s1", "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.70}, 1: {"c2": 0.80}})
+    write_start(tmp_path / "s2", "nnUNetTrainerWCLInit_10pct", "wcl", {0: {"c1": 0.60}})
+    write_start(tmp_path / "l1", "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.71}, 1: {"c2": 0.81}})
+    write_start(tmp_path / "l2", "nnUNetTrainerWCLInit_10pct", "wcl", {0: {"c1": 0.63}})
+    pcl, wcl = "nnUNetTrainerPCLInit_10pct", "nnUNetTrainerWCLInit_10pct"
+    proc = run(f"stock={tmp_path / 's1'}:{pcl}+{tmp_path / 's2'}:{wcl}",
+               f"lever={tmp_path / 'l1'}:{pcl}+{tmp_path / 'l2'}:{wcl}")
+    assert proc.returncode == 0, proc.stderr
+    header, _, stock_line, lever_line = proc.stdout.splitlines()
+    assert header.startswith("| start | p1 f0 | p1 f1 | p2 f0 | mean | Δ vs stock |")
+    assert stock_line.startswith("| stock | 70.00 | 80.00 | 60.00 | 70.00 | reference")
+    # effect (1 + 1 + 3) / 3 with no spread inside any (part, fold); the t interval over the three is finite
+    assert lever_line.startswith("| lever | 71.00 | 81.00 | 63.00 | 71.67 | +1.67 | [+1.67, +1.67] | [")
+    assert "–" not in lever_line.split("|")[-2]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["x={a}:nnUNetTrainerScratch_10pct+{a}:nnUNetTrainerScratch_10pct", "y={a}:nnUNetTrainerScratch_10pct"],
+     "give every start as many"),
     (["scratch=somewhere"], "is not LABEL=OUTPUT:TRAINER"),
     (["x={a}:nnUNetTrainerScratch_10pct", "y={a}:nnUNetTrainerPCLInit_10pct"], "no validation metrics of "
                                                                                 "nnUNetTrainerPCLInit_10pct"),
