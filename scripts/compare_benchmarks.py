@@ -11,7 +11,8 @@ effect with both 95 % intervals of :mod:`nnunet_cl.tools.paired_stats` (cases, s
 
 A start may pool several runs, ``LABEL=OUTPUT:TRAINER+OUTPUT:TRAINER...``, to judge one lever over several
 methods: then every start has as many parts, the i-th part of each start is paired with the i-th part of
-the reference, and each (part, fold) counts as one fold of the paired statistics (columns ``p1 f0`` ...):
+the reference, and each (part, fold) counts as one fold of the paired statistics (columns ``fold 1/0`` for
+part 1, fold 0, ...):
 
     python scripts/compare_benchmarks.py \
         stock=../bench/pcl:nnUNetTrainerPCLInit_10pct+../bench/wcl:nnUNetTrainerWCLInit_10pct \
@@ -57,10 +58,10 @@ def load_start(output: str, trainer: str) -> dict:
 
 
 def load_pooled(parts: list) -> dict:
-    """One part: ``load_start``'s ``{fold: cases}``; several: ``{"p<i> f<fold>": cases}`` over the parts."""
+    """One part: ``load_start``'s ``{fold: cases}``; several: ``{"<part>/<fold>": cases}`` over the parts."""
     if len(parts) == 1:
         return load_start(*parts[0])
-    return {f"p{i} f{fold}": cases for i, part in enumerate(parts, 1) for fold, cases in load_start(*part).items()}
+    return {f"{i}/{fold}": cases for i, part in enumerate(parts, 1) for fold, cases in load_start(*part).items()}
 
 
 def comparison_table(starts: list) -> str:
@@ -68,7 +69,7 @@ def comparison_table(starts: list) -> str:
     from nnunet_cl.tools.paired_stats import compare
     reference_label, reference = starts[0]
     folds = sorted({fold for _, scores in starts for fold in scores}, key=str)
-    lines = [f"| start | {' | '.join(f if isinstance(f, str) else f'fold {f}' for f in folds)} | mean | Δ vs {reference_label} | "
+    lines = [f"| start | {' | '.join(f'fold {f}' for f in folds)} | mean | Δ vs {reference_label} | "
              "95 % CI (cases) | 95 % CI (folds) |",
              "|---" * (len(folds) + 5) + "|"]
     for label, scores in starts:

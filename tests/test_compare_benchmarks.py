@@ -36,7 +36,8 @@ def test_effect_and_intervals_against_the_reference(tmp_path):
     proc = run(f"scratch={tmp_path / 'a'}:nnUNetTrainerScratch_10pct",
                f"warm={tmp_path / 'b'}:nnUNetTrainerPCLInit_10pct", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
-    scratch_line, warm_line = proc.stdout.splitlines()[2:4]
+    header, _, scratch_line, warm_line = proc.stdout.splitlines()
+    assert header.startswith("| start | fold 0 | fold 1 | fold 2 | mean | Δ vs scratch |")
     assert scratch_line.startswith("| scratch | 75.00 | 75.00 | 75.00 | 75.00 | reference")
     assert warm_line.startswith("| warm | 77.00 | 79.00 | 77.00 | 77.67 | +2.67 |")
     # cases interval: fold 1's two cases differ by 4 each and the others by 2, so every resample gives 8/3
@@ -63,7 +64,7 @@ def test_pooled_starts_pair_part_by_part_and_count_each_part_and_fold_as_one_fol
                f"lever={tmp_path / 'l1'}:{pcl}+{tmp_path / 'l2'}:{wcl}")
     assert proc.returncode == 0, proc.stderr
     header, _, stock_line, lever_line = proc.stdout.splitlines()
-    assert header.startswith("| start | p1 f0 | p1 f1 | p2 f0 | mean | Δ vs stock |")
+    assert header.startswith("| start | fold 1/0 | fold 1/1 | fold 2/0 | mean | Δ vs stock |")
     assert stock_line.startswith("| stock | 70.00 | 80.00 | 60.00 | 70.00 | reference")
     # effect (1 + 1 + 3) / 3 with no spread inside any (part, fold); the t interval over the three is finite
     assert lever_line.startswith("| lever | 71.00 | 81.00 | 63.00 | 71.67 | +1.67 | [+1.67, +1.67] | [")
