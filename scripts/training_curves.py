@@ -64,7 +64,10 @@ def parse_log(path: str) -> dict[int, dict[str, float]]:
 def load_start(spec: str) -> tuple[str, dict[int, dict[int, dict[str, float]]]]:
     """``LABEL=OUTPUT:TRAINER`` -> (label, {fold: parse_log(...)}) from the logs of TRAINER's finished runs in OUTPUT
     (a run still going would truncate every curve to its length)."""
-    label, output, trainer = parse_start(spec)
+    label, parts = parse_start(spec)
+    if len(parts) != 1:
+        raise NnunetClError(f"{spec!r}: give one OUTPUT:TRAINER per start (pooling runs is compare_benchmarks.py's)")
+    (output, trainer), = parts
     logs = {run.fold: layout.log_file(run.log_name) for layout, run in runs_in(output)
             if run.trainer == trainer and isinstance(run.fold, int) and training_done(layout, run)}
     if not logs:

@@ -72,6 +72,7 @@ def test_bad_arguments_are_one_line(tmp_path):
     for args, expected in (([f"nolabel{tmp_path}"], "is not LABEL=OUTPUT:TRAINER"),
                            ([f"a={tmp_path}:nnUNetTrainerMissing"], "has no finished run of nnUNetTrainerMissing"),
                            ([f"a={tmp_path}:T", f"a={tmp_path}:T"], "labels must differ"),
+                           ([f"a={tmp_path}:T+{tmp_path}:T"], "give one OUTPUT:TRAINER per start"),
                            ([f"a={tmp_path}:T", "--block", "0"], "give at least 1 epoch per row")):
         proc = run(*args)
         assert proc.returncode == 1
