@@ -25,8 +25,8 @@ benchmark, so a second fold in parallel goes to a second output): every finished
 folder (checkpoints and predictions too), per-case metrics, test predictions and log -- is copied into OUTPUT.
 Refused before anything is written when the budgets differ, when a pre-trained checkpoint both hold has other
 weights (the runs would not share their start), when a run of OTHER is already in OUTPUT, or while a benchmark
-holds OUTPUT. The report is not merged: the benchmark's own command on OUTPUT then counts the merged runs as
-finished and writes it.
+holds OUTPUT. The report is not merged: the benchmark's own command on OUTPUT with ``--report-only`` then counts
+the merged runs as finished and writes it.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
         elif args.action == "merge":
             merged = merge(args.source, args.target)
             print(f"{len(merged)} finished runs merged into {args.target} ({', '.join(merged)}); write its report "
-                  "with the benchmark's own command")
+                  "with the benchmark's own command and --report-only")
         else:
             states = check(args.source, args.target)
             for relative, state in states:

@@ -325,6 +325,17 @@ def test_tiny_benchmark_end_to_end_and_resume(synthetic_env, tmp_path):
     assert "$ nnUNetv2_train" not in second.stdout and "$ nnunet_cl pretrain" not in second.stdout
     assert "cached" in second.stdout and second.stdout.count(": done (") == 2
 
+    # --report-only over a wider selection (the 10 % runs are pending): the report is rewritten, nothing starts.
+    os.remove(os.path.join(out, "results.md"))
+    before = sorted(os.listdir(os.path.join(out, "nnUNet_results", "Dataset990_Synth")))
+    wider = command[:command.index("--fractions") + 1] + ["0.1", "0.25"] + command[command.index("--fractions") + 2:]
+    report = synthetic_env.run(wider + ["--report-only"], training=False)
+    assert "$ nnUNetv2_train" not in report.stdout and "$ nnunet_cl pretrain" not in report.stdout
+    assert "2 of 4 runs" in report.stdout and report.stdout.count("not in the report (pending)") == 2
+    assert sorted(os.listdir(os.path.join(out, "nnUNet_results", "Dataset990_Synth"))) == before
+    text = open(os.path.join(out, "results.md")).read()
+    assert "runs finished: 2/4" in text and "| 25 % | scratch |" in text and "| 10 % |" not in text
+
     # Another output (another fine-tuning lever) takes the finished pre-training instead of pre-training again.
     other = str(tmp_path / "bench_warmup")
     lever = dict(nnUNet_cl_finetune_schedule="adam")
@@ -413,6 +424,7 @@ BENCHMARK_BAD_INPUT = [
     ("pretrained-from another pre-training budget", lambda t: ["--pretrained-from", pinned_output(t, "tiny",
                                                                                                   pretrain_epochs=9)],
      ("--pretrained-from", "another budget (differs in: pretrain_epochs)")),
+    ("report-only without an output", lambda t: ["--report-only"], ("holds no benchmark runs", "--report-only")),
     ("pretrained-from another dataset", lambda t: ["--pretrained-from", pinned_output(t, "tiny",
                                                                                       dataset="Dataset004_Hippocampus")],
      ("--pretrained-from", "holds runs of Dataset004_Hippocampus, not of Dataset990_Synth")),

@@ -80,7 +80,11 @@ def add_benchmark_parser(subparsers) -> None:
                    help="take finished pre-trainings from another benchmark output of the same dataset and "
                         "pre-training budget instead of pre-training again (e.g. to compare fine-tuning levers, one "
                         "output each); pre-trainings it does not have run here")
-    p.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--list", action="store_true", help="print the runs and their state, run nothing")
+    shown.add_argument("--report-only", action="store_true",
+                       help="rewrite results.csv / .md / .png from the finished runs of this selection (all folds "
+                            "when -f is omitted) and start nothing that is pending")
     p.add_argument("-v", "--verbose", action="store_true", help="echo the children's whole output")
     budget = p.add_argument_group("budget overrides (of the preset)")
     for dest, flag in BUDGET_FLAGS.items():
@@ -234,6 +238,9 @@ class Benchmark:
         if self.args.list:
             self.print_plan(families, runs, missing)
             return
+        if self.args.report_only:
+            self.report_only(dataset, runs)
+            return
         try:
             with FolderLock(self.output, "nnunet_cl benchmark"):
                 self.run_locked(dataset, runs, missing)
@@ -269,6 +276,27 @@ class Benchmark:
             self.print_summary(runs)
         print(f"done in {timedelta(seconds=round(time.time() - self.started))}: "
               f"{self.layout.report_file('md')}, results.csv, results.png", flush=True)
+
+    def report_only(self, dataset, runs: list) -> None:
+        """``--report-only``: the report of the finished runs of the selection; pending runs stay untouched."""
+        if not os.path.isfile(self.layout.budget_file):
+            raise NnunetClError(f"{self.output} holds no benchmark runs (it has no budget.json); check -o, or run the "
+                                "benchmark without --report-only first")
+        measured = [run for run in runs if os.path.isfile(self.layout.metrics_file(run, "val"))]
+        if not measured:
+            raise NnunetClError(f"{self.output} has no finished run of this selection (-m / --fractions / -f); "
+                                "see --list")
+        with FolderLock(self.output, "nnunet_cl benchmark"):
+            evaluation = BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id,
+                                             dataset.dataset_json(), self.children, dataset.test_cases,
+                                             budget_fingerprint=self.fingerprint)
+            evaluation.write_reports(runs)
+        print(f"{self.layout.report_file('md')}, results.csv, results.png: {len(measured)} of {len(runs)} runs of "
+              "the selection", flush=True)
+        for run in runs:
+            if run not in measured:
+                print(f"  not in the report ({run_state(self.layout, run, self.with_test)}): {run.label} "
+                      f"{run.trainer}", flush=True)
 
     def print_summary(self, runs: list) -> None:
         """Each run's validation DSC (mean over cases and classes, as results.md) and its folders."""
