@@ -254,9 +254,7 @@ class Benchmark:
     def run_locked(self, dataset, runs: list, missing: list) -> None:
         self.pin_budget()
         dataset.prepare()
-        self.evaluation = BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id,
-                                              dataset.dataset_json(), self.children, dataset.test_cases,
-                                              budget_fingerprint=self.fingerprint)
+        self.evaluation = self.make_evaluation(dataset)
         for method, fraction in missing:
             print(f"note: {method} has no trainer for {fraction_label(fraction)} labels; that cell is left out")
         steps = self.steps(runs)
@@ -277,6 +275,11 @@ class Benchmark:
         print(f"done in {timedelta(seconds=round(time.time() - self.started))}: "
               f"{self.layout.report_file('md')}, results.csv, results.png", flush=True)
 
+    def make_evaluation(self, dataset) -> BenchmarkEvaluation:
+        """Metrics and reports of this output, under the budget and levers this benchmark pinned."""
+        return BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id, dataset.dataset_json(),
+                                   self.children, dataset.test_cases, budget_fingerprint=self.fingerprint)
+
     def report_only(self, dataset, runs: list) -> None:
         """``--report-only``: the report of the finished runs of the selection; pending runs stay untouched."""
         if not os.path.isfile(self.layout.budget_file):
@@ -287,10 +290,7 @@ class Benchmark:
             raise NnunetClError(f"{self.output} has no finished run of this selection (-m / --fractions / -f); "
                                 "see --list")
         with FolderLock(self.output, "nnunet_cl benchmark"):
-            evaluation = BenchmarkEvaluation(self.args, self.budget, self.layout, self.dataset_id,
-                                             dataset.dataset_json(), self.children, dataset.test_cases,
-                                             budget_fingerprint=self.fingerprint)
-            evaluation.write_reports(runs)
+            self.make_evaluation(dataset).write_reports(runs)
         print(f"{self.layout.report_file('md')}, results.csv, results.png: {len(measured)} of {len(runs)} runs of "
               "the selection", flush=True)
         for run in runs:
