@@ -12,7 +12,8 @@ effect with both 95 % intervals of :mod:`nnunet_cl.tools.paired_stats` (cases, s
 A start may pool several runs, ``LABEL=OUTPUT:TRAINER+OUTPUT:TRAINER...``, to judge one lever over several
 methods: then every start has as many parts, the i-th part of each start is paired with the i-th part of
 the reference, and each (part, fold) counts as one fold of the paired statistics (columns ``fold 1/0`` for
-part 1, fold 0, ...):
+part 1, fold 0, ...). A part ends at ``:TRAINER`` followed by ``+`` or the end, so an OUTPUT may itself hold
+``+`` or ``:``:
 
     python scripts/compare_benchmarks.py \
         stock=../bench/pcl:nnUNetTrainerPCLInit_10pct+../bench/wcl:nnUNetTrainerWCLInit_10pct \
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import sys
 
 import numpy as np
@@ -35,11 +37,18 @@ import numpy as np
 from nnunet_cl.errors import NnunetClError
 
 
+# A trainer is a Python class name, so a part ends at ":IDENTIFIER" followed by "+" or the end; OUTPUT may hold "+" or ":".
+START_PART = re.compile(r"(.+?):([A-Za-z_]\w*)(?:\+|$)")
+
+
 def parse_start(text: str) -> tuple:
     """``LABEL=OUTPUT:TRAINER[+OUTPUT:TRAINER...]`` -> ``(label, [(output, trainer), ...])``."""
     label, sep, rest = text.partition("=")
-    parts = [part.rpartition(":")[::2] for part in rest.split("+")]
-    if not (sep and label and all(output and trainer for output, trainer in parts)):
+    parts, position = [], 0
+    while position < len(rest) and (match := START_PART.match(rest, position)):
+        parts.append(match.groups())
+        position = match.end()
+    if not (sep and label and parts and position == len(rest) and not rest.endswith("+")):
         raise NnunetClError(f"{text!r} is not LABEL=OUTPUT:TRAINER (e.g. scratch=../bench/scratch:"
                             "nnUNetTrainerScratch_10pct; pooled: LABEL=OUTPUT:TRAINER+OUTPUT:TRAINER)")
     return label, parts

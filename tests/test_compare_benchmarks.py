@@ -54,14 +54,15 @@ def test_one_shared_fold_has_no_fold_interval_and_names_the_shared_folds(tmp_pat
 
 
 def test_pooled_starts_pair_part_by_part_and_count_each_part_and_fold_as_one_fold(tmp_path):
-    # two methods, stock and a lever: +1 point on method 1 (both folds), +3 on method 2's only fold
-    write_start(tmp_path / "s1", "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.70}, 1: {"c2": 0.80}})
-    write_start(tmp_path / "s2", "nnUNetTrainerWCLInit_10pct", "wcl", {0: {"c1": 0.60}})
-    write_start(tmp_path / "l1", "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.71}, 1: {"c2": 0.81}})
-    write_start(tmp_path / "l2", "nnUNetTrainerWCLInit_10pct", "wcl", {0: {"c1": 0.63}})
+    # two methods, stock and a lever: +1 point on method 1 (both folds), +3 on method 2's only fold; the
+    # output folders' names hold "+" and ":", which must not split a start
+    s1, s2, l1, l2 = (tmp_path / name for name in ("s1+stock", "s2:stock", "l1+lever:a", "l2"))
+    write_start(s1, "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.70}, 1: {"c2": 0.80}})
+    write_start(s2, "nnUNetTrainerWCLInit_10pct", "wcl", {0: {"c1": 0.60}})
+    write_start(l1, "nnUNetTrainerPCLInit_10pct", "pcl", {0: {"c1": 0.71}, 1: {"c2": 0.81}})
+    write_start(l2, "nnUNetTrainerWCLInit_10pct", "wcl", {0: {"c1": 0.63}})
     pcl, wcl = "nnUNetTrainerPCLInit_10pct", "nnUNetTrainerWCLInit_10pct"
-    proc = run(f"stock={tmp_path / 's1'}:{pcl}+{tmp_path / 's2'}:{wcl}",
-               f"lever={tmp_path / 'l1'}:{pcl}+{tmp_path / 'l2'}:{wcl}")
+    proc = run(f"stock={s1}:{pcl}+{s2}:{wcl}", f"lever={l1}:{pcl}+{l2}:{wcl}")
     assert proc.returncode == 0, proc.stderr
     header, _, stock_line, lever_line = proc.stdout.splitlines()
     assert header.startswith("| start | fold 1/0 | fold 1/1 | fold 2/0 | mean | Δ vs stock |")
@@ -75,6 +76,7 @@ def test_pooled_starts_pair_part_by_part_and_count_each_part_and_fold_as_one_fol
     (["x={a}:nnUNetTrainerScratch_10pct+{a}:nnUNetTrainerScratch_10pct", "y={a}:nnUNetTrainerScratch_10pct"],
      "give every start as many"),
     (["scratch=somewhere"], "is not LABEL=OUTPUT:TRAINER"),
+    (["x={a}:nnUNetTrainerScratch_10pct+"], "is not LABEL=OUTPUT:TRAINER"),
     (["x={a}:nnUNetTrainerScratch_10pct", "y={a}:nnUNetTrainerPCLInit_10pct"], "no validation metrics of "
                                                                                 "nnUNetTrainerPCLInit_10pct"),
     (["x={a}:nnUNetTrainerScratch_10pct", "x={a}:nnUNetTrainerScratch_10pct"], "labels must differ"),
