@@ -38,17 +38,15 @@ from nnunet_cl.errors import NnunetClError
 
 
 # A trainer is a Python class name, so a part ends at ":IDENTIFIER" followed by "+" or the end; OUTPUT may hold "+" or ":".
-START_PART = re.compile(r"(.+?):([A-Za-z_]\w*)(?:\+|$)")
+PART = r"(.+?):([A-Za-z_]\w*)"
 
 
 def parse_start(text: str) -> tuple:
     """``LABEL=OUTPUT:TRAINER[+OUTPUT:TRAINER...]`` -> ``(label, [(output, trainer), ...])``."""
     label, sep, rest = text.partition("=")
-    parts, position = [], 0
-    while position < len(rest) and (match := START_PART.match(rest, position)):
-        parts.append(match.groups())
-        position = match.end()
-    if not (sep and label and parts and position == len(rest) and not rest.endswith("+")):
+    parts = re.findall(rf"{PART}(?:\+|\Z)", rest)
+    # findall skips what no part matches: the parts must give back the whole text
+    if not (sep and label and parts and "+".join(f"{output}:{trainer}" for output, trainer in parts) == rest):
         raise NnunetClError(f"{text!r} is not LABEL=OUTPUT:TRAINER (e.g. scratch=../bench/scratch:"
                             "nnUNetTrainerScratch_10pct; pooled: LABEL=OUTPUT:TRAINER+OUTPUT:TRAINER)")
     return label, parts
