@@ -17,12 +17,15 @@ metrics ``metrics/<trainer>/fold_X_<split>.csv``, the runs' logs ``logs/*.log``,
 ``fold_X/validation/summary.json`` of every finished run (what the benchmark checks to skip a run; the log of
 an unfinished run is left out), and
 ``pretrained_weights.json``: a SHA-256 of the network weights of every pre-trained ``checkpoint_final.pth``.
+``save`` into existing records keeps the digests recorded there for checkpoints the output does not hold (a
+restored output has none) and refuses, before writing, a checkpoint whose weights differ from the recorded ones.
 ``restore`` never overwrites: a recorded file that exists in the output with other content is refused
 before anything is written.
 
 ``merge`` joins two outputs of one benchmark command that ran at the same time (one output is locked by one
 benchmark, so a second fold in parallel goes to a second output): every finished run of OTHER -- its whole fold
-folder (checkpoints and predictions too), per-case metrics, test predictions and log -- is copied into OUTPUT.
+folder (checkpoints and predictions too), per-case metrics, test predictions and log -- is copied into OUTPUT,
+and so is every finished pre-training (folder and log) that OTHER holds and OUTPUT does not.
 Refused before anything is written when the budgets differ, when a pre-trained checkpoint both hold has other
 weights (the runs would not share their start), when a run of OTHER is already in OUTPUT, or while a benchmark
 holds OUTPUT. The report is not merged: the benchmark's own command on OUTPUT with ``--report-only`` then counts
@@ -44,7 +47,8 @@ from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.folder_lock import FolderLock
 from nnunet_cl.tools.benchmark_plan import (METRIC_SPLITS,  # the output layout has one home
-                                            pretrained_checkpoint_pattern, record_patterns, runs_in, training_done)
+                                            pretrained_checkpoint_pattern, pretrainings_in, record_patterns, runs_in,
+                                            training_done)
 
 DIGESTS = "pretrained_weights.json"
 
@@ -91,14 +95,28 @@ def require_benchmark_output(folder: str) -> None:
         raise NnunetClError(f"{folder} has no budget.json: not an nnunet_cl benchmark output")
 
 
+def recorded_digests(records: str) -> dict:
+    path = os.path.join(records, DIGESTS)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def save(output: str, records: str) -> list:
     require_benchmark_output(output)
+    # a restored output has no checkpoints: the digests recorded before are kept, not dropped
+    digests = recorded_digests(records)
+    for relative, digest in pretrained_digests(output).items():
+        if digests.setdefault(relative, digest) != digest:
+            raise NnunetClError(f"{relative} has other weights in {output} than recorded in {records}: the recorded "
+                                "runs started from another pre-training; save into a new records folder")
     files = record_files(output)
     for relative in files:
         target = os.path.join(records, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(os.path.join(output, relative), target)
-    atomic_write_json(pretrained_digests(output), os.path.join(records, DIGESTS))
+    atomic_write_json(dict(sorted(digests.items())), os.path.join(records, DIGESTS))
     return files
 
 
@@ -127,8 +145,7 @@ def check(records: str, output: str) -> list:
     path = os.path.join(records, DIGESTS)
     if not os.path.isfile(path):
         raise NnunetClError(f"{path} does not exist; make the records with 'benchmark_records.py save OUTPUT RECORDS'")
-    with open(path) as f:
-        recorded = json.load(f)
+    recorded = recorded_digests(records)
     states = []
     for relative, digest in sorted(recorded.items()):
         checkpoint = os.path.join(output, relative)
@@ -144,6 +161,12 @@ def run_paths(layout, run) -> list:
     that exist), as absolute paths."""
     paths = [layout.fold_folder(run), layout.test_predictions(run), layout.log_file(run.log_name)]
     paths += [layout.metrics_file(run, split) for split in METRIC_SPLITS]
+    return [path for path in paths if os.path.exists(path)]
+
+
+def pretraining_paths(layout, job) -> list:
+    """A finished pre-training in its output: its folder and log (those that exist), as absolute paths."""
+    paths = [os.path.dirname(layout.checkpoint(job)), layout.log_file(job.log_name)]
     return [path for path in paths if os.path.exists(path)]
 
 
@@ -164,6 +187,10 @@ def merge(other: str, output: str) -> list:
     relatives = sorted(os.path.relpath(path, other) for layout, run in finished for path in run_paths(layout, run))
     if not relatives:
         raise NnunetClError(f"{other} has no finished fine-tuning run to merge")
+    # pre-trainings only OTHER made (label-aware methods pre-train per fraction and fold) come along with their runs
+    relatives += sorted(os.path.relpath(path, other) for layout, job in pretrainings_in(other)
+                        if not os.path.isfile(os.path.join(output, os.path.relpath(layout.checkpoint(job), other)))
+                        for path in pretraining_paths(layout, job))
     present = [relative for relative in relatives if os.path.exists(os.path.join(output, relative))]
     if present:
         raise NnunetClError(f"{os.path.join(output, present[0])} exists already ({len(present)} such paths): that run "

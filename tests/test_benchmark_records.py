@@ -68,6 +68,7 @@ def test_paths_are_the_benchmark_layout():
     assert os.path.relpath(layout.summary_file(run_), "out") == f"{RUN}/validation/summary.json"
     assert os.path.relpath(layout.metrics_file(run_, "val"), "out") in RECORDED
     assert os.path.relpath(layout.log_file(run_.log_name), "out") in RECORDED
+    assert os.path.relpath(layout.log_file(run_.pretrain.log_name), "out") in RECORDED
 
 
 def test_save_keeps_records_and_weight_digests_only(output, tmp_path):
@@ -80,6 +81,23 @@ def test_save_keeps_records_and_weight_digests_only(output, tmp_path):
     digests = json.loads((records / "pretrained_weights.json").read_text())
     assert list(digests) == [PRETRAINED]  # fine-tuned checkpoints are not pre-trainings
     assert len(digests[PRETRAINED]) == 64
+
+
+def test_save_again_keeps_recorded_digests_and_refuses_other_weights(output, tmp_path):
+    records = tmp_path / "records"
+    assert run("save", output, records).returncode == 0
+    recorded = (records / "pretrained_weights.json").read_text()
+    os.remove(output / PRETRAINED)                       # as in an output restored on another machine
+    again = run("save", output, records)
+    assert again.returncode == 0, again.stderr
+    assert (records / "pretrained_weights.json").read_text() == recorded
+    save_weights(str(output / PRETRAINED), scale=2.0)    # another pre-training in the same output
+    write(str(output / "results.md"), "a newer table\n")
+    before = {relative: (records / relative).read_bytes() for relative in files_under(records)}
+    refused = run("save", output, records)
+    assert refused.returncode == 1 and "has other weights" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert {relative: (records / relative).read_bytes() for relative in files_under(records)} == before
 
 
 def test_restore_into_empty_output_then_again_is_a_no_op(output, tmp_path):
@@ -133,15 +151,20 @@ def test_wrong_folder_is_one_line(action, tmp_path):
 FOLD2 = RUN.replace("fold_0", "fold_2")
 OTHER_RUN = [f"{FOLD2}/validation/summary.json", f"{FOLD2}/checkpoint_final.pth", f"{FOLD2}/validation/case.nii.gz",
              "metrics/nnUNetTrainerSuperCLInit_10pct/fold_2_val.csv", "logs/nnUNetTrainerSuperCLInit_10pct_fold2.log"]
+# a label-aware pre-training (semi_local pre-trains per fraction and fold) that only OTHER made
+OTHER_PRETRAINING = "nnUNet_results/Dataset004_Hippocampus/nnunet_cl/semi_local_frac10_fold2__nnUNetPlans__2d"
+OTHER_ONLY_PRETRAINING = [f"{OTHER_PRETRAINING}/checkpoint_final.pth", f"{OTHER_PRETRAINING}/loss_curve.png",
+                          "logs/pretrain_semi_local_frac10_fold2.log"]
 OTHER_UNFINISHED = [f"{UNFINISHED.replace('fold_1', 'fold_3')}/checkpoint_latest.pth",
                     "logs/nnUNetTrainerSuperCLInit_10pct_fold3.log"]
 
 
 @pytest.fixture()
 def other(tmp_path):
-    """A second output of the same benchmark command: fold 2 finished, fold 3 still going, the same pre-training."""
+    """A second output of the same benchmark command: fold 2 finished, fold 3 still going, the same pre-training
+    and one that only it made."""
     folder = tmp_path / "other"
-    for relative in ["budget.json", "results.md", PRETRAINED] + OTHER_RUN + OTHER_UNFINISHED:
+    for relative in ["budget.json", "results.md", PRETRAINED] + OTHER_RUN + OTHER_UNFINISHED + OTHER_ONLY_PRETRAINING:
         if relative.endswith(".pth"):
             save_weights(str(folder / relative))
         else:
@@ -155,14 +178,14 @@ def test_merge_copies_the_finished_runs_only(output, other):
     result = run("merge", other, output)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("1 finished runs merged") and "(nnUNetTrainerSuperCLInit_10pct_fold2)" in result.stdout
-    assert files_under(output) == sorted(list(before) + OTHER_RUN)
-    for relative in OTHER_RUN:
+    assert files_under(output) == sorted(list(before) + OTHER_RUN + OTHER_ONLY_PRETRAINING)
+    for relative in OTHER_RUN + OTHER_ONLY_PRETRAINING:
         assert (output / relative).read_bytes() == (other / relative).read_bytes()
     for relative, content in before.items():             # the output's own report and runs stay as they were
         assert (output / relative).read_bytes() == content
     again = run("merge", other, output)                  # the run is now in both: refused, nothing written
     assert again.returncode == 1 and "exists already" in again.stderr
-    assert files_under(output) == sorted(list(before) + OTHER_RUN)
+    assert files_under(output) == sorted(list(before) + OTHER_RUN + OTHER_ONLY_PRETRAINING)
 
 
 def differing_budget(other):

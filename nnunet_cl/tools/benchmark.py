@@ -209,7 +209,7 @@ class Benchmark:
                 *self.budget.pretrain_args(), *job.cli_args()]
         if pretrain_resumable(self.layout, job):
             args.append("--c")
-        self.children.execute(args, f"pretrain_{job.folder}", f"pre-training {job.label}")
+        self.children.execute(args, job.log_name, f"pre-training {job.label}")
 
     def finetune(self, run: FinetuneRun) -> None:
         args = ["nnUNetv2_train", self.dataset_id, CONFIGURATION, run.fold, "-tr", run.trainer, "-p", self.args.plans,

@@ -177,6 +177,11 @@ class PretrainJob:
     def label(self) -> str:
         return f"{self.method}" + "".join(f" {k} {v}" for k, v in self.options)
 
+    @property
+    def log_name(self) -> str:
+        """The pre-training's log in the benchmark output: ``logs/<log_name>.log``."""
+        return f"pretrain_{self.folder}"
+
 
 @dataclass(frozen=True)
 class FinetuneRun:
@@ -363,6 +368,22 @@ def runs_in(output: str) -> list:
         run = FinetuneRun(method="", trainer=trainer, fraction=0.0, fold=int(fold) if fold.isdigit() else fold)
         if layout.fold_folder(run) == folder:
             found.append((layout, run))
+    return found
+
+
+def pretrainings_in(output: str) -> list:
+    """``(layout, job)`` of every finished pre-training (``checkpoint_final.pth``) in a benchmark output; the
+    checkpoint paths are read back into ``PretrainJob.folder`` (method and options are not in the path and are
+    left empty), like ``runs_in``."""
+    found = []
+    for checkpoint in sorted(glob.glob(pretrained_checkpoint_pattern(glob.escape(output)))):
+        method_folder = os.path.dirname(checkpoint)
+        dataset_folder = os.path.dirname(os.path.dirname(method_folder))
+        folder, plans, _ = os.path.basename(method_folder).rsplit("__", 2)
+        layout = BenchmarkLayout(output, os.path.basename(dataset_folder), plans)
+        job = PretrainJob(method="", options=(), folder=folder)
+        if layout.checkpoint(job) == checkpoint:
+            found.append((layout, job))
     return found
 
 
