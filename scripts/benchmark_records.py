@@ -171,7 +171,8 @@ def pretraining_paths(layout, job) -> list:
 
 
 def merge(other: str, output: str) -> list:
-    """Copy the finished runs of ``other`` into ``output``; returns their names (``<trainer>_fold<X>``)."""
+    """Copy the finished runs of ``other``, and the pre-trainings ``output`` lacks, into ``output``; returns the
+    runs' names (``<trainer>_fold<X>``)."""
     require_benchmark_output(other)
     require_benchmark_output(output)
     if not filecmp.cmp(os.path.join(other, "budget.json"), os.path.join(output, "budget.json"), shallow=False):
