@@ -35,6 +35,7 @@ the merged runs as finished and writes it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import filecmp
 import glob
 import hashlib
@@ -47,7 +48,8 @@ from nnunet_cl.atomic import atomic_write_json
 from nnunet_cl.errors import NnunetClError
 from nnunet_cl.folder_lock import FolderLock
 from nnunet_cl.tools.benchmark_plan import (METRIC_SPLITS,  # the output layout has one home
-                                            pretrained_checkpoint_pattern, pretrainings_in, record_patterns, runs_in,
+                                            pretrain_done, pretrained_checkpoint_pattern, pretrainings_in,
+                                            record_patterns, runs_in,
                                             training_done)
 
 DIGESTS = "pretrained_weights.json"
@@ -190,7 +192,7 @@ def merge(other: str, output: str) -> list:
         raise NnunetClError(f"{other} has no finished fine-tuning run to merge")
     # pre-trainings only OTHER made (label-aware methods pre-train per fraction and fold) come along with their runs
     relatives += sorted(os.path.relpath(path, other) for layout, job in pretrainings_in(other)
-                        if not os.path.isfile(os.path.join(output, os.path.relpath(layout.checkpoint(job), other)))
+                        if not pretrain_done(dataclasses.replace(layout, output=output), job)
                         for path in pretraining_paths(layout, job))
     present = [relative for relative in relatives if os.path.exists(os.path.join(output, relative))]
     if present:
