@@ -196,8 +196,8 @@ def merge(other: str, output: str) -> list:
                         for path in pretraining_paths(layout, job))
     present = [relative for relative in relatives if os.path.exists(os.path.join(output, relative))]
     if present:
-        raise NnunetClError(f"{os.path.join(output, present[0])} exists already ({len(present)} such paths): that run "
-                            "is in both outputs; move one of them away first")
+        raise NnunetClError(f"{os.path.join(output, present[0])} exists already ({len(present)} such paths): {output} "
+                            "holds that run or pre-training too (finished or not); move one of them away first")
     with FolderLock(output, "benchmark_records.py merge", fix="wait for that benchmark to finish"):
         for relative in relatives:
             source, target = os.path.join(other, relative), os.path.join(output, relative)

@@ -188,29 +188,35 @@ def test_merge_copies_the_finished_runs_only(output, other):
     assert files_under(output) == sorted(list(before) + OTHER_RUN + OTHER_ONLY_PRETRAINING)
 
 
-def differing_budget(other):
+def differing_budget(output, other):
     write(str(other / "budget.json"), "another budget\n")
     return "budget.json of"
 
 
-def other_pretraining(other):
+def other_pretraining(output, other):
     save_weights(str(other / PRETRAINED), scale=2.0)
     return "has other weights"
 
 
-def same_run(other):
+def same_run(output, other):
     write(str(other / RUN / "validation" / "summary.json"), "a second fold 0\n")
     return "exists already"
 
 
-def locked_output(other):
+def unfinished_pretraining_in_output(output, other):
+    save_weights(str(output / OTHER_PRETRAINING / "checkpoint_latest.pth"))   # OTHER finished it, OUTPUT did not
+    return "holds that run or pre-training too (finished or not)"
+
+
+def locked_output(output, other):
     return "is in use by another run"   # the test holds OUTPUT's lock during the merge
 
 
-@pytest.mark.parametrize("spoil", [differing_budget, other_pretraining, same_run, locked_output])
+@pytest.mark.parametrize("spoil", [differing_budget, other_pretraining, same_run, unfinished_pretraining_in_output,
+                                   locked_output])
 def test_merge_refusals_write_nothing(output, other, spoil):
     from nnunet_cl.folder_lock import FolderLock
-    expected = spoil(other)
+    expected = spoil(output, other)
     before = {relative: (output / relative).read_bytes() for relative in files_under(output)}
     if spoil is locked_output:
         with FolderLock(str(output), "nnunet_cl benchmark"):
