@@ -27,9 +27,9 @@ benchmark, so a second fold in parallel goes to a second output): every finished
 folder (checkpoints and predictions too), per-case metrics, test predictions and log -- is copied into OUTPUT,
 and so is every finished pre-training (folder and log) that OTHER holds and OUTPUT does not.
 Refused before anything is written when the budgets differ, when a pre-trained checkpoint both hold has other
-weights (the runs would not share their start), when a run of OTHER is already in OUTPUT, or while a benchmark
-holds OUTPUT. The report is not merged: the benchmark's own command on OUTPUT with ``--report-only`` then counts
-the merged runs as finished and writes it.
+weights (the runs would not share their start), when a run or pre-training of OTHER is already in OUTPUT
+(finished or not), or while a benchmark holds OUTPUT. The report is not merged: the benchmark's own command
+on OUTPUT with ``--report-only`` then counts the merged runs as finished and writes it.
 """
 
 from __future__ import annotations
@@ -180,20 +180,19 @@ def merge(other: str, output: str) -> list:
     if not filecmp.cmp(os.path.join(other, "budget.json"), os.path.join(output, "budget.json"), shallow=False):
         raise NnunetClError(f"the budget.json of {other} and {output} differ: a table holds runs of one budget only; "
                             "merge outputs of the same benchmark command")
-    for theirs in glob.glob(pretrained_checkpoint_pattern(glob.escape(other))):   # hashed only where both hold one
-        relative = os.path.relpath(theirs, other)
-        mine = os.path.join(output, relative)
-        if os.path.isfile(mine) and weights_digest(mine) != weights_digest(theirs):
-            raise NnunetClError(f"{relative} has other weights in {other} than in {output}: their runs do not start "
-                                "from the same pre-training; keep them in separate outputs")
+    pretrainings = [(layout, dataclasses.replace(layout, output=output), job) for layout, job in pretrainings_in(other)]
+    for theirs, mine, job in pretrainings:                # hashed only where both hold one
+        if pretrain_done(mine, job) and weights_digest(mine.checkpoint(job)) != weights_digest(theirs.checkpoint(job)):
+            raise NnunetClError(f"{os.path.relpath(theirs.checkpoint(job), other)} has other weights in {other} than "
+                                f"in {output}: their runs do not start from the same pre-training; keep them in "
+                                "separate outputs")
     finished = [(layout, run) for layout, run in runs_in(other) if training_done(layout, run)]
     relatives = sorted(os.path.relpath(path, other) for layout, run in finished for path in run_paths(layout, run))
     if not relatives:
         raise NnunetClError(f"{other} has no finished fine-tuning run to merge")
     # pre-trainings only OTHER made (label-aware methods pre-train per fraction and fold) come along with their runs
-    relatives += sorted(os.path.relpath(path, other) for layout, job in pretrainings_in(other)
-                        if not pretrain_done(dataclasses.replace(layout, output=output), job)
-                        for path in pretraining_paths(layout, job))
+    relatives += sorted(os.path.relpath(path, other) for theirs, mine, job in pretrainings
+                        if not pretrain_done(mine, job) for path in pretraining_paths(theirs, job))
     present = [relative for relative in relatives if os.path.exists(os.path.join(output, relative))]
     if present:
         raise NnunetClError(f"{os.path.join(output, present[0])} exists already ({len(present)} such paths): {output} "
